@@ -1,0 +1,135 @@
+"""Shape the freshly rendered project to the answers.
+
+1. Delete every path owned by a disabled feature, as declared in
+   ``template-manifest.yaml`` (then delete the manifest itself). A declared
+   path that does not exist is an error: the manifest must not drift.
+2. Write ``.env`` from ``.env.example``, replacing each ``change-me``
+   placeholder with a fresh random secret. No network is needed.
+
+Answers arrive as JSON data, never as Python source. If this script fails,
+cookiecutter removes the whole project folder.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import yaml  # a dependency of cookiecutter itself
+
+MANIFEST = "template-manifest.yaml"
+PLACEHOLDER = "change-me"
+
+
+class ManifestError(RuntimeError):
+    """The manifest and the rendered files disagree."""
+
+
+def load_manifest(project: Path) -> dict[str, Any]:
+    manifest = yaml.safe_load((project / MANIFEST).read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("features"), dict):
+        raise ManifestError(f"{MANIFEST}: expected a mapping with a 'features' mapping")
+    return manifest
+
+
+def feature_enabled(rule: Mapping[str, Any], answers: Mapping[str, Any]) -> bool:
+    """A feature is on when all of `when` and (if given) any of `when_any` hold."""
+    for toggle in (*rule.get("when", ()), *rule.get("when_any", ())):
+        if toggle not in answers:
+            raise ManifestError(f"{MANIFEST}: unknown toggle {toggle!r}")
+    when_all = all(answers[t] is True for t in rule.get("when", ()))
+    when_any = rule.get("when_any")
+    return when_all and (when_any is None or any(answers[t] is True for t in when_any))
+
+
+def disabled_paths(manifest: Mapping[str, Any], answers: Mapping[str, Any]) -> list[str]:
+    paths: list[str] = []
+    for name, rule in manifest["features"].items():
+        if not rule.get("paths"):
+            raise ManifestError(f"{MANIFEST}: feature {name!r} owns no paths")
+        if not feature_enabled(rule, answers):
+            paths.extend(rule["paths"])
+    return paths
+
+
+def check_paths_exist(project: Path, manifest: Mapping[str, Any]) -> None:
+    """Every declared path, enabled or not, must be in the rendered template."""
+    declared = [p for rule in manifest["features"].values() for p in rule.get("paths", ())]
+    missing = [p for p in declared if not (project / p).exists()]
+    if missing:
+        raise ManifestError(f"{MANIFEST} lists paths the template does not have: {', '.join(missing)}")
+
+
+def remove_paths(project: Path, paths: Iterable[str]) -> None:
+    for target in (project / p for p in paths):
+        if not target.exists():  # inside a folder deleted a moment ago
+            continue
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def prune_empty_dirs(project: Path) -> None:
+    for directory in sorted((p for p in project.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def unowned_files(project: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Files that no core pattern and no feature path claims."""
+    owned = [p for rule in manifest["features"].values() for p in rule["paths"]]
+    core = manifest.get("core", [])
+    orphans = []
+    for file in project.rglob("*"):
+        if not file.is_file():
+            continue
+        rel = file.relative_to(project).as_posix()
+        if rel == MANIFEST:
+            continue
+        if any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in owned):
+            continue
+        if not any(fnmatch(rel, pattern) for pattern in core):
+            orphans.append(rel)
+    return sorted(orphans)
+
+
+def write_env(project: Path) -> None:
+    """Create the git-ignored .env from .env.example with real secrets."""
+    lines = []
+    for line in (project / ".env.example").read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#") and value == PLACEHOLDER:
+            line = f"{key}={secrets.token_urlsafe(24)}"
+        lines.append(line)
+    env = project / ".env"
+    env.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env.chmod(0o600)
+
+
+def main(raw: str, project: Path) -> int:
+    answers = json.loads(raw)
+    try:
+        manifest = load_manifest(project)
+        check_paths_exist(project, manifest)
+        orphans = unowned_files(project, manifest)
+        if orphans:
+            raise ManifestError(f"files owned by no feature and no core pattern: {', '.join(orphans)}")
+        remove_paths(project, disabled_paths(manifest, answers))
+        (project / MANIFEST).unlink()
+        prune_empty_dirs(project)
+        write_env(project)
+    except (ManifestError, OSError, yaml.YAMLError) as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(r'{{ cookiecutter | tojson }}', Path.cwd()))

@@ -1,0 +1,52 @@
+"""Fixtures shared by every tier of the template's tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TOGGLES = (
+    "use_json_logging",
+    "use_metrics",
+    "use_tracing",
+    "use_dockerfile",
+    "use_prometheus",
+    "use_alertmanager",
+    "use_grafana",
+    "use_jaeger",
+    "use_loki",
+    "use_github_actions",
+)
+ALL_OFF: dict[str, Any] = dict.fromkeys(TOGGLES, False)
+
+Baker = Callable[..., Path]
+
+
+def _bake(cookies: Any, context: Mapping[str, Any]) -> Path:
+    result = cookies.bake(extra_context=dict(context))
+    assert result.exception is None, f"bake failed for {dict(context)}: {result.exception!r}"
+    assert result.exit_code == 0
+    return Path(result.project_path)
+
+
+@pytest.fixture
+def bake(cookies: Any) -> Baker:
+    """bake(**answers) -> path of a freshly generated project."""
+    return lambda **context: _bake(cookies, context)
+
+
+@pytest.fixture(scope="session")
+def bake_once(cookies_session: Any) -> Baker:
+    """Like `bake`, but each distinct set of answers is generated once per session."""
+    cache: dict[tuple[tuple[str, Any], ...], Path] = {}
+
+    def bake(**context: Any) -> Path:
+        key = tuple(sorted(context.items()))
+        if key not in cache:
+            cache[key] = _bake(cookies_session, context)
+        return cache[key]
+
+    return bake

@@ -1,0 +1,757 @@
+"""The docker compose observability stack, checked without starting it.
+
+For a handful of toggle combinations: the compose file resolves and matches the
+Compose Specification, every mounted file exists, every config parses, the
+Grafana provisioning only refers to data sources and metrics that exist, the
+alert rules are documented and unit-tested, and promtool / amtool (from the
+pinned Prometheus and Alertmanager images) accept the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import require_executable, require_image, unavailable
+
+PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"
+ALERTMANAGER_IMAGE = "prom/alertmanager:v0.33.1"
+BACKENDS = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki")
+NO_STACK = dict.fromkeys(BACKENDS, False)
+
+# name -> answers (on top of the template's defaults)
+COMBOS: dict[str, dict[str, bool]] = {
+    "everything": {},
+    "no-stack": {**NO_STACK},
+    "prometheus": {**NO_STACK, "use_prometheus": True},
+    "prometheus-alertmanager": {**NO_STACK, "use_prometheus": True, "use_alertmanager": True},
+    "grafana-prometheus": {**NO_STACK, "use_prometheus": True, "use_grafana": True},
+    "grafana-loki": {**NO_STACK, "use_grafana": True, "use_loki": True},
+    "grafana-jaeger": {**NO_STACK, "use_grafana": True, "use_jaeger": True},
+    "no-grafana": {"use_grafana": False},
+}
+PROMETHEUS_COMBOS = ["everything", "prometheus", "prometheus-alertmanager", "grafana-prometheus", "no-grafana"]
+ALERTMANAGER_COMBOS = ["everything", "prometheus-alertmanager", "no-grafana"]
+GRAFANA_COMBOS = ["everything", "grafana-prometheus", "grafana-loki", "grafana-jaeger"]
+
+# compose service -> toggle
+SERVICES = {
+    "prometheus": "use_prometheus",
+    "alertmanager": "use_alertmanager",
+    "grafana": "use_grafana",
+    "jaeger": "use_jaeger",
+    "loki": "use_loki",
+    "alloy": "use_loki",
+}
+
+# Bind mounts of configuration per service.
+CONFIG_MOUNTS = {"prometheus": 1, "alertmanager": 1, "grafana": 2, "jaeger": 1, "loki": 1, "alloy": 1}
+
+# What the service exports (contract), plus Prometheus' own synthetic series.
+APP_METRICS = {
+    "http_server_request_duration_seconds_bucket",
+    "http_server_request_duration_seconds_count",
+    "http_server_request_duration_seconds_sum",
+    "http_server_active_requests",
+    "app_build_info",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "python_gc_collections_total",
+    "python_gc_objects_collected_total",
+    "python_gc_objects_uncollectable_total",
+    "python_info",
+}
+PROMETHEUS_SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+ALLOWED_LABELS = {
+    # the service's own labels
+    "http_request_method",
+    "http_route",
+    "http_response_status_code",
+    "le",
+    "version",
+    "commit",
+    "python_version",
+    "generation",
+    # added by the scrape configuration
+    "job",
+    "instance",
+    "service",
+    # ALERTS
+    "alertname",
+    "alertstate",
+    "severity",
+}
+# Loki labels set by Alloy, and the structured metadata / JSON fields used.
+LOKI_LABELS = {"service_name", "container", "stream", "level"}
+LOKI_FIELDS = {"trace_id", "span_id", "logger", "status", "duration_ms"} | LOKI_LABELS
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def _on(answers: dict[str, bool], toggle: str) -> bool:
+    return answers.get(toggle, True)
+
+
+def _answers(name: str) -> dict[str, Any]:
+    return dict(COMBOS[name])
+
+
+@pytest.fixture(scope="session")
+def baked(bake_once: Any) -> Any:
+    def get(name: str) -> Path:
+        return bake_once(**_answers(name))
+
+    return get
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def require_compose() -> None:
+    require_executable("docker")
+    result = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        unavailable(f"'docker compose version' failed: {result.stderr.strip()[:200]}")
+
+
+def compose_config(project: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`docker compose config` of the baked project, as data (reads its .env)."""
+    require_compose()
+    result = subprocess.run(
+        ["docker", "compose", *args, "config", "--format", "json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- compose
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_compose_config_resolves_with_the_expected_services(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    expected = {"app"} | {svc for svc, toggle in SERVICES.items() if _on(answers, toggle)}
+
+    # .env (written by the post-gen hook) selects every backend of the project.
+    config = compose_config(project)
+    assert set(config["services"]) == expected
+    assert config["name"] == "my-service"
+
+    # Without profiles only the app runs: `docker compose up app` needs nothing else.
+    alone = compose_config(project, "--profile", "")
+    assert set(alone["services"]) == {"app"}
+    assert not config["services"]["app"].get("depends_on"), "the app must start without any backend"
+    for name in expected - {"app"}:
+        assert config["services"][name].get("profiles"), f"{name} must sit in a profile"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_compose_file_matches_the_compose_specification(baked: Any, combo: str, tmp_path: Path) -> None:
+    project = baked(combo)
+    resolved = tmp_path / "resolved.json"
+    resolved.write_text(json.dumps(compose_config(project)), encoding="utf-8")
+    for document in (project / "compose.yaml", resolved):
+        result = subprocess.run(
+            [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(document)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, f"{document.name}:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> None:
+    config = compose_config(baked(combo))
+    for name, service in config["services"].items():
+        image = service["image"]
+        if name != "app":
+            repo, _, tag = image.rpartition(":")
+            assert repo and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: image {image} is not pinned to a version"
+        for port in service.get("ports", []):
+            assert port.get("host_ip") == "127.0.0.1", f"{name}: port {port} is not bound to 127.0.0.1"
+        assert service.get("restart") == "unless-stopped", f"{name}: no restart policy"
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert condition["condition"] == "service_healthy", f"{name} -> {dependency}"
+        for volume in service.get("volumes", []):
+            if volume["type"] == "volume":
+                assert volume["source"] in (config.get("volumes") or {}), f"{name}: undeclared volume"
+            elif volume["target"] != "/var/run/docker.sock":
+                assert volume.get("read_only"), f"{name}: config mount {volume['target']} is writable"
+
+    app = config["services"]["app"]
+    # Scaling: a host port range, not one fixed port.
+    (port,) = app["ports"]
+    assert "-" in str(port["published"]), "a fixed host port would break `--scale app=3`"
+    assert port["target"] == 8000
+    assert app["environment"]["APP_ENVIRONMENT"] == "production"
+    assert app["environment"]["APP_LOG_FORMAT"] == "json"
+    assert "python" in app["healthcheck"]["test"] and "/health" in " ".join(app["healthcheck"]["test"])
+    grace = app["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 10
+    answers = _answers(combo)
+    if _on(answers, "use_jaeger"):
+        assert app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert app["environment"]["OTEL_SERVICE_NAME"] == "my-service"
+        jaeger = config["services"]["jaeger"]
+        assert jaeger.get("mem_limit"), "Jaeger's in-memory storage needs a memory limit"
+    else:
+        # .env may still carry an endpoint for local runs; it must not be Jaeger's.
+        assert "jaeger" not in app["environment"].get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        assert app["environment"]["OTEL_TRACES_EXPORTER"] == "none"
+    if _on(answers, "use_loki"):
+        assert app["labels"]["logging"] == "alloy"
+    else:
+        assert "labels" not in app
+    if _on(answers, "use_prometheus"):
+        assert "--enable-feature=exemplar-storage" in config["services"]["prometheus"]["command"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", GRAFANA_COMBOS)
+def test_grafana_password_comes_from_env_and_has_no_fallback(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    env_file = (project / ".env").read_text(encoding="utf-8")
+    password = re.search(r"^GRAFANA_ADMIN_PASSWORD=(.+)$", env_file, re.M)
+    assert password and password.group(1) not in {"change-me", "admin", ""}
+
+    grafana = compose_config(project)["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == password.group(1)
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+    # Without .env, compose refuses to start rather than fall back to a default.
+    text = (project / "compose.yaml").read_text(encoding="utf-8")
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in text
+    require_compose()
+    no_env = project.parent / f"{project.name}-no-env"
+    shutil.copytree(project, no_env, dirs_exist_ok=True)
+    (no_env / ".env").unlink()
+    result = subprocess.run(
+        ["docker", "compose", "config"], cwd=no_env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_every_mounted_file_exists(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    config = compose_config(project)
+    mounts = 0
+    for name, service in config["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] != "bind" or volume["source"] == "/var/run/docker.sock":
+                continue
+            source = Path(volume["source"])
+            assert source.is_relative_to(project), f"{name}: bind mount outside the project: {source}"
+            assert source.exists(), f"{name}: mounts {source.relative_to(project)}, which does not exist"
+            mounts += 1
+        build = service.get("build")
+        if build:
+            assert (Path(build["context"]) / build.get("dockerfile", "Dockerfile")).is_file()
+    answers = _answers(combo)
+    expected = sum(CONFIG_MOUNTS[svc] for svc, toggle in SERVICES.items() if _on(answers, toggle))
+    assert mounts == expected, "a stack service lost (or gained) a configuration mount"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_disabled_backends_leave_nothing_behind(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    files = [project / "compose.yaml", project / ".env", project / ".env.example"]
+    files += (
+        [p for p in (project / "observability").rglob("*") if p.is_file()]
+        if (project / "observability").exists()
+        else []
+    )
+    if (project / "docs" / "monitoring.md").exists():
+        files.append(project / "docs" / "monitoring.md")
+    names = {
+        "use_prometheus": ["prometheus"],
+        "use_alertmanager": ["alertmanager"],
+        "use_grafana": ["grafana"],
+        "use_jaeger": ["jaeger"],
+        "use_loki": ["loki", "alloy"],
+    }
+    for toggle, words in names.items():
+        folders = [project / "observability" / w for w in words]
+        if _on(answers, toggle):
+            assert all(f.is_dir() for f in folders)
+            continue
+        assert not any(f.exists() for f in folders)
+        for file in files:
+            text = file.read_text(encoding="utf-8").lower()
+            for word in words:
+                # "Grafana Alloy" names the shipper; only that one may stay when Grafana is off.
+                hits = [m.start() for m in re.finditer(word, text)]
+                if word == "grafana":
+                    hits = [h for h in hits if not text.startswith(("grafana alloy", "grafana/"), h)]
+                if word == "prometheus":
+                    # the Python client library, and the collector's exporter of Jaeger's own metrics
+                    skip = ("prometheus-client", "prometheus_client", "prometheus:\n")
+                    hits = [h for h in hits if not text.startswith(skip, h)]
+                assert not hits, f"{file.relative_to(project)} still mentions {word} although {toggle} is off"
+    if not any(_on(answers, t) for t in BACKENDS):
+        assert not (project / "observability").exists()
+        assert not (project / "docs" / "monitoring.md").exists()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_rendered_files_have_no_template_debris(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    files = [project / "compose.yaml", project / ".env.example"]
+    if (project / "observability").exists():
+        files += [p for p in (project / "observability").rglob("*") if p.is_file()]
+    if (project / "docs" / "monitoring.md").exists():
+        files.append(project / "docs" / "monitoring.md")
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        rel = file.relative_to(project)
+        assert "cookiecutter" not in text, rel
+        assert "{%" not in text and "%}" not in text, rel
+        assert "\n\n\n" not in text, f"{rel}: two consecutive blank lines"
+        assert text.endswith("\n") and not text.endswith("\n\n"), f"{rel}: trailing blank lines"
+        assert not re.search(r"[ \t]+\n", text), f"{rel}: trailing whitespace"
+        if file.suffix in {".yml", ".yaml"}:
+            yaml.safe_load(text)
+        if file.suffix == ".json":
+            json.loads(text)
+        if file.suffix == ".md":
+            for heading in re.finditer(r"^#+ .*\n(.*)", text, re.M):
+                assert heading.group(1) == "", f"{rel}: no blank line after {heading.group(0)!r}"
+
+
+# --------------------------------------------------------------------------- prometheus
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", PROMETHEUS_COMBOS)
+def test_prometheus_scrapes_what_is_enabled(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    config = _yaml(project / "observability/prometheus/prometheus.yml")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    expected = {"app", "prometheus"} | {
+        svc for svc, toggle in SERVICES.items() if svc != "grafana" and _on(answers, toggle)
+    }
+    assert set(jobs) == expected
+    app = jobs["app"]
+    (sd,) = app["dns_sd_configs"]
+    assert sd["names"] == ["app"] and sd["type"] == "A" and sd["port"] == 8000
+    assert {"target_label": "service", "replacement": "my-service"} in app["relabel_configs"]
+    assert config["global"]["scrape_protocols"][0].startswith("OpenMetricsText")
+    assert config["rule_files"] == ["rules/*.yml"]
+    if _on(answers, "use_alertmanager"):
+        (am,) = config["alerting"]["alertmanagers"]
+        assert am["dns_sd_configs"][0]["names"] == ["alertmanager"]
+    else:
+        assert "alerting" not in config
+
+
+def _rules(project: Path) -> list[dict[str, Any]]:
+    rules = []
+    for file in sorted((project / "observability/prometheus/rules").glob("*.yml")):
+        for group in _yaml(file)["groups"]:
+            rules += group["rules"]
+    return rules
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", PROMETHEUS_COMBOS)
+def test_every_alert_is_documented_and_points_to_its_runbook(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    rules = _rules(project)
+    alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
+    assert {"ServiceDown", "ScrapeFailing", "HighErrorRatio", "HighLatencyP95"} <= set(alerts)
+    anchors = _github_anchors((project / "docs/monitoring.md").read_text(encoding="utf-8"))
+    for name, rule in alerts.items():
+        annotations = rule["annotations"]
+        assert annotations.get("summary") and annotations.get("description"), name
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        url = annotations["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert (project / path).is_file(), f"{name}: runbook {path} does not exist"
+        assert anchor == name.lower() and anchor in anchors, f"{name}: no section #{anchor} in {path}"
+        _check_promql(rule["expr"], f"rule {name}")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", PROMETHEUS_COMBOS)
+def test_every_alert_has_firing_and_quiet_unit_tests(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    alerts = {rule["alert"] for rule in _rules(project) if "alert" in rule}
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for file in (project / "observability/prometheus/tests").glob("*.yml"):
+        for test in _yaml(file)["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert alerts <= firing, f"never tested firing: {alerts - firing}"
+    assert alerts <= quiet, f"never tested quiet: {alerts - quiet}"
+
+
+# --------------------------------------------------------------------------- grafana
+
+
+def _datasources(project: Path) -> list[dict[str, Any]]:
+    provisioning = project / "observability/grafana/provisioning/datasources"
+    sources = []
+    for file in provisioning.glob("*.y*ml"):
+        sources += _yaml(file).get("datasources") or []
+    return sources
+
+
+def _walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", GRAFANA_COMBOS)
+def test_grafana_datasources_match_the_stack(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    sources = _datasources(project)
+    uids = {source["uid"] for source in sources}
+    expected = {name for name in ("prometheus", "alertmanager", "jaeger", "loki") if _on(answers, f"use_{name}")}
+    assert uids == expected
+    assert sum(bool(source.get("isDefault")) for source in sources) == 1
+    for source in sources:
+        assert source["type"] == source["uid"]
+        assert source["url"].startswith(f"http://{source['uid']}:")
+
+    # Every uid referenced by a correlation exists.
+    referenced = [value for key, value in _walk(sources) if key in {"datasourceUid"}]
+    assert all(uid in uids for uid in referenced), f"dangling data source uids: {set(referenced) - uids}"
+    by_uid = {source["uid"]: source.get("jsonData", {}) for source in sources}
+    if {"prometheus", "jaeger"} <= uids:
+        assert by_uid["prometheus"]["exemplarTraceIdDestinations"] == [
+            {"name": "trace_id", "datasourceUid": "jaeger", "urlDisplayLabel": "Open trace in Jaeger"}
+        ]
+    if {"loki", "jaeger"} <= uids:
+        (field,) = by_uid["loki"]["derivedFields"]
+        assert field["matcherType"] == "label" and field["matcherRegex"] == "trace_id"
+        assert field["url"] == "$${__value.raw}"
+        assert by_uid["jaeger"]["tracesToLogsV2"]["datasourceUid"] == "loki"
+    if "jaeger" in uids:
+        assert by_uid["jaeger"]["nodeGraph"]["enabled"] is True
+        assert ("tracesToLogsV2" in by_uid["jaeger"]) == ("loki" in uids)
+        assert ("tracesToMetrics" in by_uid["jaeger"]) == ("prometheus" in uids)
+        for query in by_uid["jaeger"].get("tracesToMetrics", {}).get("queries", []):
+            _check_promql(query["query"].replace("$$__tags", 'service="x"'), "tracesToMetrics")
+
+
+def _dashboards(project: Path) -> dict[str, dict[str, Any]]:
+    folder = project / "observability/grafana/dashboards"
+    return {file.name: json.loads(file.read_text(encoding="utf-8")) for file in folder.glob("*.json")}
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", GRAFANA_COMBOS)
+def test_grafana_dashboards_follow_their_data_sources(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    dashboards = _dashboards(project)
+    expected = set()
+    if _on(answers, "use_prometheus"):
+        expected.add("service-overview.json")
+    if _on(answers, "use_loki"):
+        expected.add("service-logs.json")
+    assert set(dashboards) == expected
+    uids = {source["uid"] for source in _datasources(project)}
+    provider = _yaml(project / "observability/grafana/provisioning/dashboards/dashboards.yaml")
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+
+    seen_uids = set()
+    for name, dashboard in dashboards.items():
+        assert dashboard["uid"] and dashboard["uid"] not in seen_uids
+        seen_uids.add(dashboard["uid"])
+        for key, value in _walk(dashboard):
+            if key == "datasource" and isinstance(value, dict):
+                assert value["uid"] in uids, f"{name}: data source {value['uid']} is not provisioned"
+        for link in dashboard.get("links", []):
+            assert link["type"] == "dashboards" and link["tags"], f"{name}: links must go through tags"
+
+
+@pytest.mark.fast
+def test_dashboards_are_copied_raw_and_use_only_exported_metrics(baked: Any) -> None:
+    project = baked("everything")
+    dashboards = _dashboards(project)
+    overview = dashboards["service-overview.json"]
+    exprs = [value for key, value in _walk(overview) if key == "expr"]
+    assert len(exprs) >= 15
+    metrics = set()
+    for expr in exprs:
+        metrics |= _check_promql(expr, "service-overview.json")
+    # The panels the issue asks for are all there.
+    for needed in (
+        "http_server_request_duration_seconds_count",
+        "http_server_request_duration_seconds_bucket",
+        "http_server_active_requests",
+        "ALERTS",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "python_gc_collections_total",
+    ):
+        assert needed in metrics
+    assert any(value is True for key, value in _walk(overview) if key == "exemplar")
+    # Grafana's own {{...}} survived: the files were not rendered.
+    assert "{{http_route}}" in json.dumps(overview)
+
+    for expr in (value for key, value in _walk(dashboards["service-logs.json"]) if key == "expr"):
+        _check_logql(expr)
+
+
+# --------------------------------------------------------------------------- loki, alloy, jaeger
+
+
+@pytest.mark.fast
+def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any) -> None:
+    project = baked("everything")
+    loki = _yaml(project / "observability/loki/config.yaml")
+    schema = loki["schema_config"]["configs"][-1]
+    assert (schema["schema"], schema["store"], schema["object_store"]) == ("v13", "tsdb", "filesystem")
+    assert loki["auth_enabled"] is False
+    assert loki["limits_config"]["allow_structured_metadata"] is True
+
+    alloy = (project / "observability/alloy/config.alloy").read_text(encoding="utf-8")
+    assert alloy.count("{") == alloy.count("}")
+    labels = re.search(r"stage\.labels \{\s*values = \{(.*?)\}", alloy, re.S)
+    metadata = re.search(r"stage\.structured_metadata \{\s*values = \{(.*?)\}", alloy, re.S)
+    assert labels and metadata
+    assert re.findall(r"(\w+)\s*=", labels.group(1)) == ["level"]
+    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == {"trace_id", "span_id"}
+    assert 'target_label  = "service_name"' in alloy and "com_docker_compose_service" in alloy
+    # Every component a reference points to is defined.
+    defined = {f"{kind}.{label}" for kind, label in re.findall(r"^([a-z_.]+) \"(\w+)\" \{", alloy, re.M)}
+    for ref in re.findall(r"\b((?:discovery|loki)\.[a-z_.]+?\.\w+)\.(?:targets|rules|receiver)\b", alloy):
+        assert ref in defined, f"config.alloy refers to undefined {ref}"
+    assert "COMPOSE_PROJECT" in alloy
+    compose = compose_config(project)
+    assert compose["services"]["alloy"]["environment"]["COMPOSE_PROJECT"] == "my-service"
+
+
+@pytest.mark.fast
+def test_jaeger_listens_on_all_interfaces_with_bounded_memory(baked: Any) -> None:
+    project = baked("everything")
+    config = _yaml(project / "observability/jaeger/config.yaml")
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    backends = config["extensions"]["jaeger_storage"]["backends"]
+    (backend,) = backends.values()
+    assert 0 < backend["memory"]["max_traces"] <= 100_000
+    assert config["extensions"]["healthcheckv2"]["http"]["endpoint"].endswith(":13133")
+    reader = config["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"]
+    assert reader["port"] == 8888
+    pipeline = config["service"]["pipelines"]["traces"]
+    for kind in ("receivers", "processors", "exporters"):
+        for component in pipeline[kind]:
+            assert component in config[kind], f"pipeline uses undefined {kind[:-1]} {component}"
+    for extension in config["service"]["extensions"]:
+        assert extension in config["extensions"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", ALERTMANAGER_COMBOS)
+def test_alertmanager_routes_by_alert_and_service(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    config = _yaml(project / "observability/alertmanager/alertmanager.yml")
+    assert config["route"]["group_by"] == ["alertname", "service"]
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    default = receivers[config["route"]["receiver"]]
+    (webhook,) = default["webhook_configs"]
+    target = webhook["url_file"]
+    compose = compose_config(project)
+    mounted = {c["target"]: c["source"] for c in compose["services"]["alertmanager"]["configs"]}
+    assert target in mounted
+    assert compose["configs"][mounted[target]]["content"] == "http://host.docker.internal:9095/alerts"
+    text = (project / "observability/alertmanager/alertmanager.yml").read_text(encoding="utf-8")
+    for example in ("slack_configs", "email_configs", "pagerduty_configs"):
+        assert f"#   {example}:" in text, f"no commented {example} example"
+
+
+# --------------------------------------------------------------------------- promtool, amtool
+
+
+def _docker_tool(image: str, tool: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run promtool/amtool of the pinned image (user nobody) on a read-only copy of `folder`."""
+    require_image(image)
+    folder.chmod(0o755)  # pytest's tmp folders are private; the tools run as nobody
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            tool,
+            "-v",
+            f"{folder}:/work:ro",
+            "-w",
+            "/work",
+            image,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+@pytest.mark.parametrize("combo", PROMETHEUS_COMBOS)
+def test_promtool_accepts_config_and_rules(baked: Any, combo: str) -> None:
+    folder = baked(combo) / "observability/prometheus"
+    for args in (
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", *[f"rules/{p.name}" for p in sorted((folder / "rules").glob("*.yml"))]),
+        ("test", "rules", *[f"tests/{p.name}" for p in sorted((folder / "tests").glob("*.yml"))]),
+    ):
+        result = _docker_tool(PROMETHEUS_IMAGE, "/bin/promtool", folder, *args)
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+def test_promtool_unit_tests_catch_a_broken_rule(baked: Any, tmp_path: Path) -> None:
+    """The unit tests are real: loosen each threshold and they fail."""
+    folder = tmp_path / "prometheus"
+    shutil.copytree(baked("everything") / "observability/prometheus", folder)
+    rules = folder / "rules/service.yml"
+    original = rules.read_text(encoding="utf-8")
+    for old, new in (("> 0.05", "> 0.5"), (") > 1\n", ") > 10\n"), ("for: 1m", "for: 10m"), ("up == 0", "up == 2")):
+        assert old in original, old
+        rules.write_text(original.replace(old, new), encoding="utf-8")
+        result = _docker_tool(PROMETHEUS_IMAGE, "/bin/promtool", folder, "test", "rules", "tests/service_test.yml")
+        assert result.returncode != 0, f"the unit tests still pass with {new!r} instead of {old!r}"
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+@pytest.mark.parametrize("combo", ALERTMANAGER_COMBOS)
+def test_amtool_accepts_the_config_and_its_commented_examples(baked: Any, combo: str, tmp_path: Path) -> None:
+    folder = baked(combo) / "observability/alertmanager"
+    result = _docker_tool(ALERTMANAGER_IMAGE, "/bin/amtool", folder, "check-config", "alertmanager.yml")
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "SUCCESS" in result.stdout
+
+    # The commented Slack / email / PagerDuty examples are valid once uncommented.
+    lines = []
+    for line in (folder / "alertmanager.yml").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^(\s*)# ( *)(- name:|  \w+_configs:|    .*|routes:|  - matchers:|    receiver:)(.*)$", line)
+        lines.append(match.group(1) + match.group(2) + match.group(3) + match.group(4) if match else line)
+    (tmp_path / "alertmanager.yml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    full = _yaml(tmp_path / "alertmanager.yml")
+    assert {r["name"] for r in full["receivers"]} == {"local-webhook", "slack", "email", "pagerduty"}
+    result = _docker_tool(ALERTMANAGER_IMAGE, "/bin/amtool", tmp_path, "check-config", "alertmanager.yml")
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+
+
+# --------------------------------------------------------------------------- query checks
+
+
+def _check_promql(expr: str, where: str) -> set[str]:
+    """Return the metric names of a PromQL expression; fail on unknown metrics or labels."""
+    text = re.sub(r"\$\{?__\w+\}?", "5m", expr)  # Grafana's $__rate_interval and friends
+    text = re.sub(r"\$\{?\w+\}?", "x", text)  # dashboard variables
+    labels: set[str] = set()
+    # Label matchers inside {...}
+    for body in re.findall(r"\{([^{}]*)\}", text):
+        labels |= set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", body))
+    # Label lists of by (...), without (...), on (...), ignoring (...)
+    for body in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)", text):
+        labels |= {label.strip() for label in body.split(",") if label.strip()}
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    stripped = re.sub(r"\{[^{}]*\}", "", stripped)
+    stripped = re.sub(r"\[[^\]]*\]", "", stripped)
+    stripped = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", "", stripped)
+    metrics = set()
+    for match in re.finditer(r"[a-zA-Z_:][\w:]*", stripped):
+        name = match.group(0)
+        following = stripped[match.end() :].lstrip()
+        if following.startswith("(") or name.lower() in PROMQL_KEYWORDS:
+            continue  # a function or an operator
+        if re.fullmatch(r"\d.*|e\d+", name):
+            continue
+        metrics.add(name)
+    unknown = metrics - APP_METRICS - PROMETHEUS_SYNTHETIC
+    assert not unknown, f"{where}: metrics the service does not export: {unknown} in {expr!r}"
+    bad_labels = labels - ALLOWED_LABELS
+    assert not bad_labels, f"{where}: labels the service does not have: {bad_labels} in {expr!r}"
+    return metrics
+
+
+def _check_logql(expr: str) -> None:
+    text = re.sub(r"\$\{?\w+\}?", "x", expr)
+    selector = re.match(r"\s*(?:\w+\s*(?:by\s*\([^)]*\)\s*)?\(\s*)*(?:count_over_time\()?\s*\{([^}]*)\}", text)
+    assert selector, f"no stream selector in {expr!r}"
+    names = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector.group(1)))
+    assert names <= LOKI_LABELS, f"selector uses labels Alloy does not set: {names - LOKI_LABELS} in {expr!r}"
+    rest = text[selector.end() :]
+    rest = re.sub(r'"(?:[^"\\]|\\.)*"', '""', rest)
+    filters = set(re.findall(r"\b(\w+)\s*(?:=~|!~|!=|>=|<=|==|=|>|<)", rest))
+    assert filters <= LOKI_FIELDS, f"filters on fields the logs do not have: {filters - LOKI_FIELDS} in {expr!r}"
+    by = re.findall(r"\bby\s*\(([^)]*)\)", text)
+    assert {b.strip() for group in by for b in group.split(",")} <= LOKI_LABELS

@@ -1,0 +1,122 @@
+"""Fast tier: the generated project's GitHub Actions workflow, checked statically."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import require_executable
+
+pytestmark = pytest.mark.fast
+
+WORKFLOW = Path(".github/workflows/ci.yml")
+NO_STACK: dict[str, Any] = {
+    "use_prometheus": False,
+    "use_alertmanager": False,
+    "use_grafana": False,
+    "use_jaeger": False,
+    "use_loki": False,
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no-dockerfile": {**NO_STACK, "use_dockerfile": False},
+    "telemetry-off": {
+        **NO_STACK,
+        "use_json_logging": False,
+        "use_metrics": False,
+        "use_tracing": False,
+        "python_version": "3.12",
+    },
+}
+PINNED = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+
+
+def _load(project: Path) -> dict[Any, Any]:
+    workflow = yaml.safe_load((project / WORKFLOW).read_text())
+    assert isinstance(workflow, dict)
+    return workflow
+
+
+def _steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_workflow_matches_the_github_schema(bake_once: Any, variant: str) -> None:
+    project = bake_once(**VARIANTS[variant])
+    check = require_executable("check-jsonschema")
+    result = subprocess.run(
+        [check, "--builtin-schema", "vendor.github-workflows", str(project / WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_workflow_jobs_follow_the_answers(bake_once: Any, variant: str) -> None:
+    answers = VARIANTS[variant]
+    project = bake_once(**answers)
+    workflow = _load(project)
+    text = (project / WORKFLOW).read_text()
+
+    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["env"]["PYTHON_VERSION"] == answers.get("python_version", "3.13")
+    jobs = workflow["jobs"]
+    expected = {"lint", "test", "audit"} | ({"image"} if answers.get("use_dockerfile", True) else set())
+    assert set(jobs) == expected
+
+    runs = {job: "\n".join(step.get("run", "") for step in jobs[job]["steps"]) for job in jobs}
+    assert "uv lock --check" in runs["lint"] and "uv sync --locked" in runs["lint"]
+    assert "make lint" in runs["lint"] and "make typecheck" in runs["lint"]
+    assert "make test" in runs["test"]
+    assert "uv export --locked --no-dev" in runs["audit"] and "pip-audit" in runs["audit"]
+    if "image" in jobs:
+        assert "docker build" in runs["image"] and "hadolint Dockerfile" in runs["image"]
+        assert 'scripts/smoke-image.sh "$IMAGE"' in runs["image"]
+        smoke = project / "scripts" / "smoke-image.sh"
+        assert smoke.stat().st_mode & 0o111, "the smoke script must be executable"
+        assert subprocess.run(["bash", "-n", str(smoke)], check=False).returncode == 0
+    else:
+        assert "smoke-image" not in text and "docker" not in text.lower()
+        assert not (project / "scripts" / "smoke-image.sh").exists()
+
+    for job in jobs.values():
+        assert job.get("timeout-minutes"), "every job has a timeout"
+        checkout = job["steps"][0]
+        assert checkout["uses"].startswith("actions/checkout@")
+        assert checkout["with"]["persist-credentials"] is False
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_workflow_pins_actions_and_keeps_expressions_out_of_scripts(bake_once: Any, variant: str) -> None:
+    project = bake_once(**VARIANTS[variant])
+    workflow = _load(project)
+    lines = (project / WORKFLOW).read_text().splitlines()
+    uses_lines = [line.split("uses:", 1)[1].strip() for line in lines if line.strip().startswith(("uses:", "- uses:"))]
+    assert uses_lines, "the workflow uses actions"
+    for action in uses_lines:
+        assert PINNED.match(action), f"not pinned to a commit SHA with its version: {action}"
+    for step in _steps(workflow):
+        # Untrusted context values reach scripts through env, never by template expansion.
+        assert "${{" not in step.get("run", ""), step
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_workflow_has_no_blank_line_debris(bake_once: Any, variant: str) -> None:
+    text = (bake_once(**VARIANTS[variant]) / WORKFLOW).read_text()
+    assert text.endswith("\n") and not text.endswith("\n\n")
+    assert "\n\n\n" not in text
+    assert not [line for line in text.splitlines() if line != line.rstrip()], "trailing whitespace"
+
+
+def test_no_workflow_without_github_actions(bake_once: Any) -> None:
+    project = bake_once(use_github_actions=False)
+    assert not (project / ".github").exists()
+    assert (project / "Dockerfile").exists()

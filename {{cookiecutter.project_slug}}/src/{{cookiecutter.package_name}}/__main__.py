@@ -1,0 +1,132 @@
+"""Run the service: `python -m {{ cookiecutter.package_name }}`.
+
+One worker runs uvicorn directly, the default: in containers, scale with
+replicas. `APP_WORKERS` > 1 runs gunicorn with uvicorn workers instead, each
+building its own app (and tracer provider) after the fork; nothing is
+preloaded in the parent.
+"""
+
+{% if cookiecutter.use_metrics -%}
+import os
+{% endif -%}
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from gunicorn.app.base import BaseApplication
+{%- if cookiecutter.use_json_logging %}
+from gunicorn.glogging import Logger as GunicornLogger
+{%- endif %}
+from uvicorn_worker import UvicornWorker
+
+from .settings import Settings, get_settings
+
+APP = "{{ cookiecutter.package_name }}.main:create_app"
+{%- if cookiecutter.use_metrics %}
+DEFAULT_MULTIPROC_DIR = "/tmp/prometheus-multiproc"  # noqa: S108 - a tmpfs in the container
+{%- endif %}
+
+
+class Worker(UvicornWorker):
+    """uvicorn worker without uvicorn's access log (the app writes its own)."""
+
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - gunicorn reads it as a class attribute
+        **UvicornWorker.CONFIG_KWARGS,
+        "access_log": False,
+        "server_header": False,
+    }
+{%- if cookiecutter.use_json_logging %}
+
+
+class RoutedGunicornLogger(GunicornLogger):
+    """Sends gunicorn's own log lines through the service's log sink."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.handlers = []
+            log.propagate = True
+{%- endif %}
+
+
+class MultiWorkerServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "bind": f"{settings.host}:{settings.port}",
+            "workers": settings.workers,
+            "worker_class": Worker,
+            "graceful_timeout": int(settings.graceful_timeout_seconds),
+            "preload_app": False,
+{%- if cookiecutter.use_json_logging %}
+            "logger_class": RoutedGunicornLogger,
+{%- endif %}
+{%- if cookiecutter.use_metrics %}
+            "child_exit": _child_exit,
+{%- endif %}
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        # Runs in each worker after the fork.
+        from .main import create_app  # noqa: PLC0415
+
+        return create_app()
+{%- if cookiecutter.use_metrics %}
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from .observability.metrics import mark_worker_dead  # noqa: PLC0415
+
+    mark_worker_dead(worker.pid)
+{%- endif %}
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+def main() -> None:
+    settings = get_settings()
+    if settings.workers == 1:
+        # uvicorn drains requests and runs the shutdown on SIGTERM, then re-raises the
+        # signal under the handler found at start: this one, so that a requested stop
+        # exits 0 instead of looking like a crash (143) to the orchestrator.
+        signal.signal(signal.SIGTERM, _stopped)
+        uvicorn.run(
+            APP,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+{%- if cookiecutter.use_json_logging %}
+            log_config=None,  # the app routes uvicorn's loggers into its own sink
+            access_log=False,  # replaced by the app's structured access line
+{%- endif %}
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
+        )
+        return
+{%- if cookiecutter.use_json_logging %}
+    from .observability.logging import configure_logging  # noqa: PLC0415
+
+    configure_logging(settings)
+{%- endif %}
+{%- if cookiecutter.use_metrics %}
+    # Set before any worker imports prometheus_client: it picks its storage at import.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR)
+    from .observability.metrics import prepare_multiprocess_dir  # noqa: PLC0415
+
+    prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+{%- endif %}
+    MultiWorkerServer(settings).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Example routes: a parameterised route, a downstream call and a deliberate failure.
+
+Replace them with the service's real API; they exist to show each signal at work.
+"""
+
+{% if not cookiecutter.use_json_logging -%}
+import logging
+{% endif -%}
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+{%- if cookiecutter.use_json_logging %}
+from loguru import logger
+{%- endif %}
+from pydantic import BaseModel, Field
+
+from ..settings import Settings, get_settings
+
+router = APIRouter(prefix="/api", tags=["items"])
+{%- if not cookiecutter.use_json_logging %}
+logger = logging.getLogger(__name__)
+{%- endif %}
+
+
+class NewItem(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class Item(NewItem):
+    id: int
+
+
+class DownstreamResult(BaseModel):
+    url: str
+    status: int
+    elapsed_ms: float
+
+
+def http_client(request: Request) -> httpx.AsyncClient:
+    client: httpx.AsyncClient = request.app.state.http_client
+    return client
+
+
+@router.get("/items/{item_id}")
+async def get_item(item_id: Annotated[int, Path(ge=1, le=1_000_000)]) -> Item:
+    """A route with a path parameter: metrics and logs label it `/api/items/{item_id}`."""
+    return Item(id=item_id, name=f"item-{item_id}")
+
+
+@router.post("/items", status_code=201)
+async def create_item(item: NewItem) -> Item:
+    """A route with a JSON body: bodies over APP_MAX_BODY_BYTES get a 413."""
+    return Item(id=1, name=item.name)
+
+
+@router.get("/downstream")
+async def call_downstream(
+    client: Annotated[httpx.AsyncClient, Depends(http_client)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> DownstreamResult:
+    """Calls another HTTP service; with tracing on, the call carries `traceparent`."""
+    url = str(settings.downstream_url or f"http://127.0.0.1:{settings.port}/api/items/1")
+    headers = {}
+    if settings.downstream_token is not None:
+        headers["Authorization"] = f"Bearer {settings.downstream_token.get_secret_value()}"
+    try:
+        response = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+{%- if cookiecutter.use_json_logging %}
+        logger.bind(downstream_url=url).warning("downstream call failed: {}", type(exc).__name__)
+{%- else %}
+        logger.warning("downstream call to %s failed: %s", url, type(exc).__name__)
+{%- endif %}
+        raise HTTPException(status_code=502, detail="Downstream service unavailable") from exc
+    return DownstreamResult(
+        url=url, status=response.status_code, elapsed_ms=response.elapsed.total_seconds() * 1000
+    )
+
+
+@router.get("/fail")
+async def fail() -> None:
+    """Fails on purpose, to see a 5xx in the logs, the error ratio and a trace."""
+    raise RuntimeError("deliberate failure for demonstrations")

@@ -1,0 +1,105 @@
+"""One JSON error format for every error the service returns.
+
+    {"error": {"status": 404, "message": "...", "request_id": "...", "trace_id": "..."}}
+
+Server errors carry the trace_id (also in the `X-Trace-Id` header) so that a
+user can paste it into the tracing UI. Stack traces go to the logs, never to
+the client, unless debug mode is on.
+"""
+
+import traceback
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .observability.context import current_trace_ids
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    ids = current_trace_ids()
+    trace_id = ids[0] if ids else None
+    body: dict[str, Any] = {
+        "status": status,
+        "message": message,
+        "request_id": getattr(request.state, "request_id", None),
+        "trace_id": trace_id,
+    }
+    if details is not None:
+        body["details"] = details
+    headers = dict(headers or {})
+    if trace_id is not None and status >= 500:
+        headers["X-Trace-Id"] = trace_id
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return error_response(request, exc.status_code, message, headers=exc.headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Echo where and why, never the rejected input: it may be huge or hostile.
+    details = [
+        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
+    ]
+    return error_response(request, 422, "Request validation failed", details=details)
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_body_bytes` with a 413 in the JSON format.
+
+    A declared Content-Length over the limit is refused before the app runs;
+    a body of unknown length is cut off as it streams in, and the 413 goes
+    through the app's exception handlers like any other HTTP error.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (
+                not value.isdigit() or int(value) > self.max_body_bytes
+            ):
+                response = error_response(Request(scope), 413, "Content Too Large")
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise HTTPException(status_code=413, detail="Content Too Large")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
+    async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+        # Logged by the server with its stack trace; the client only gets the ids.
+        details = traceback.format_exception(exc) if debug else None
+        return error_response(request, 500, "Internal Server Error", details=details)
+
+    app.exception_handler(HTTPException)(http_error)
+    app.exception_handler(RequestValidationError)(validation_error)
+    app.exception_handler(Exception)(unhandled_error)

@@ -1,0 +1,91 @@
+"""The application factory: settings, then observability, then routes."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from .api import health, items
+from .errors import BodyLimit, install_error_handlers
+from .observability.context import RequestContextMiddleware, RouteResolver
+{%- if cookiecutter.use_json_logging %}
+from .observability.logging import configure_logging, flush_logs, log_request
+{%- endif %}
+{%- if cookiecutter.use_metrics %}
+from .observability.metrics import request_finished, request_started, setup_metrics
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+from .observability.tracing import (
+    instrument_client,
+    setup_tracing,
+    shutdown_tracing,
+    telemetry_config,
+)
+{%- endif %}
+from .settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+{%- if cookiecutter.use_json_logging %}
+    configure_logging(settings)
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+    tracer_provider = setup_tracing(settings)
+{%- endif %}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client:
+{%- if cookiecutter.use_tracing %}
+            instrument_client(client, tracer_provider)
+{%- endif %}
+            app.state.http_client = client
+            app.state.shutting_down = False
+            yield
+            app.state.shutting_down = True
+{%- if cookiecutter.use_tracing %}
+        shutdown_tracing()
+{%- endif %}
+{%- if cookiecutter.use_json_logging %}
+        flush_logs()
+{%- endif %}
+
+    app = FastAPI(
+        title=settings.title,
+        description=settings.description,
+        version=settings.version,
+        debug=settings.debug,
+        lifespan=lifespan,
+{%- if cookiecutter.use_tracing %}
+        telemetry=telemetry_config(settings, tracer_provider),
+{%- else %}
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+{%- endif %}
+    )
+    install_error_handlers(app, debug=settings.debug)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+{%- if cookiecutter.use_metrics %}
+        on_start=[request_started],
+{%- endif %}
+{%- if cookiecutter.use_json_logging or cookiecutter.use_metrics %}
+        on_finish=[
+{%- if cookiecutter.use_metrics %}
+            request_finished,
+{%- endif %}
+{%- if cookiecutter.use_json_logging %}
+            log_request,
+{%- endif %}
+        ],
+{%- endif %}
+        resolve_route=RouteResolver(lambda: app.routes),
+    )
+{%- if cookiecutter.use_metrics %}
+    setup_metrics(app, settings)
+{%- endif %}
+    app.include_router(health.router)
+    app.include_router(items.router)
+    return app

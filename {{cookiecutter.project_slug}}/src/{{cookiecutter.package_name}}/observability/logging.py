@@ -1,0 +1,251 @@
+"""Logs: loguru, one JSON object per line on stdout, with trace and request ids.
+
+- stdlib `logging` (uvicorn, gunicorn, httpx, ...) is routed into loguru, so
+  every line goes through the same sink and none is printed twice.
+- uvicorn's access log is off; `log_request` writes one structured access
+  line per request instead.
+- The event loop never waits for stdout: lines go to a bounded in-memory
+  buffer drained by a writer thread. If stdout blocks (a stalled log
+  collector), the buffer fills up to `log_buffer_lines`, further lines are
+  dropped and counted, and a warning with the count is written once stdout
+  drains again. Memory stays bounded and requests keep flowing.
+- Every string value is cut at `log_max_value_length` characters (suffix
+  `...[truncated N chars]`), and orjson escapes newlines, quotes and control
+  characters, so user-controlled text cannot break or forge a line.
+"""
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections import deque
+from datetime import UTC, datetime
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+from loguru import logger
+
+from ..settings import Settings
+from .context import RequestInfo, current_request_id, current_trace_ids
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+# stdlib loggers whose own handlers would print a second copy of each line.
+_ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn", "gunicorn.error")
+# Replaced by the structured access line of `log_request`.
+_SILENCED_LOGGERS = ("uvicorn.access", "gunicorn.access")
+_RESERVED = frozenset({"timestamp", "level", "message", "logger", "module", "function", "line"})
+
+
+class BufferedWriter:
+    """Writes lines to a stream from a background thread, never blocking callers."""
+
+    def __init__(self, stream: IO[bytes], max_lines: int, flush_interval: float = 0.05) -> None:
+        self._stream = stream
+        self._max_lines = max_lines
+        self._interval = flush_interval
+        self._lines: deque[bytes] = deque()
+        self._dropped = 0
+        self._wake = threading.Event()
+        self._closed = False
+        self._drain_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, line: bytes) -> None:
+        if len(self._lines) >= self._max_lines:
+            self._dropped += 1  # stdout is stalled; keep memory bounded
+            return
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        """Write out everything buffered so far (called on shutdown)."""
+        self._drain()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._wake.set()
+            self._thread.join(timeout=5)
+            self._drain()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            self._drain()
+
+    def _drain(self) -> None:
+        with self._drain_lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        lines = self._lines
+        batch = []
+        while lines:
+            try:
+                batch.append(lines.popleft())
+            except IndexError:  # emptied by a concurrent drain
+                break
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            batch.append(
+                orjson.dumps(
+                    {
+                        "timestamp": _rfc3339(datetime.now(UTC)),
+                        "level": "WARNING",
+                        "message": f"log buffer full: dropped {dropped} log lines while stdout was blocked",
+                        "logger": __name__,
+                        "dropped_lines": dropped,
+                    },
+                    option=orjson.OPT_APPEND_NEWLINE,
+                )
+            )
+        if batch:
+            try:
+                self._stream.write(b"".join(batch))
+                self._stream.flush()
+            except (OSError, ValueError):  # stdout closed: nowhere left to log
+                pass
+
+
+class JsonFormatter:
+    """Turns a loguru record into one flat JSON line."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._static = {
+            "service_name": settings.service_name,
+            "service_version": settings.version,
+            "deployment_environment": settings.environment,
+        }
+        self._max = settings.log_max_value_length
+
+    def __call__(self, record: "Record") -> bytes:
+        extra = record["extra"]
+        entry: dict[str, Any] = {
+            "timestamp": _rfc3339(record["time"]),
+            "level": record["level"].name,
+            "message": self._cut(record["message"]),
+            "logger": extra.get("logger") or record["name"],
+            "module": record["module"],
+            "function": record["function"],
+            "line": record["line"],
+            **self._static,
+        }
+        ids = current_trace_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for key, value in extra.items():
+            if key not in _RESERVED:
+                entry[key] = self._cut(value) if isinstance(value, str) else value
+        exception = record["exception"]
+        if exception is not None and exception.type is not None:
+            entry["exception_type"] = exception.type.__name__
+            entry["exception_message"] = self._cut(str(exception.value))
+            entry["exception_stacktrace"] = self._cut(
+                "".join(
+                    traceback.format_exception(exception.type, exception.value, exception.traceback)
+                )
+            )
+        return orjson.dumps(
+            entry,
+            default=str,
+            option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
+        )
+
+    def _cut(self, value: str) -> str:
+        if len(value) <= self._max:
+            return value
+        return f"{value[: self._max]}...[truncated {len(value) - self._max} chars]"
+
+
+def _rfc3339(moment: datetime) -> str:
+    """2026-01-31T12:00:00.123456Z: UTC, as log collectors parse it fastest."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+class InterceptHandler(logging.Handler):
+    """Sends stdlib log records to loguru, keeping their logger name and origin."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        # Find the frame that called logging, so module/function/line are the caller's.
+        frame: FrameType | None = logging.currentframe()
+        depth = 0
+        while frame is not None and frame.f_code.co_filename == logging.__file__:
+            frame = frame.f_back
+            depth += 1
+        logger.bind(logger=record.name).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+_writer: BufferedWriter | None = None
+
+
+def _forget_writer() -> None:
+    # A forked worker does not inherit the writer thread: it starts its own.
+    global _writer  # noqa: PLW0603
+    _writer = None
+
+
+os.register_at_fork(after_in_child=_forget_writer)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Install the sink. Safe to call again (tests, workers): it replaces the old one."""
+    global _writer  # noqa: PLW0603 - one stdout writer per process
+    logger.remove()
+    if settings.log_format == "json":
+        if _writer is None:
+            _writer = BufferedWriter(sys.stdout.buffer, settings.log_buffer_lines)
+            atexit.register(_writer.close)
+        formatter = JsonFormatter(settings)
+        writer = _writer
+
+        def sink(message: "Message") -> None:
+            writer.write(formatter(message.record))
+
+        logger.add(sink, level=settings.log_level, format="{message}", catch=True, diagnose=False)
+    else:
+        logger.add(sys.stderr, level=settings.log_level, colorize=True, diagnose=settings.debug)
+
+    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    for name in _ROUTED_LOGGERS:
+        routed = logging.getLogger(name)
+        routed.handlers = []
+        routed.propagate = True
+    for name in _SILENCED_LOGGERS:
+        logging.getLogger(name).disabled = True
+
+
+def flush_logs() -> None:
+    """Write out buffered lines; call on shutdown."""
+    if _writer is not None:
+        _writer.flush()
+
+
+_access = logger.bind(logger="access")
+
+
+def log_request(info: RequestInfo) -> None:
+    """The access line: one per request, with everything needed to find it again."""
+    level = "ERROR" if info.status >= 500 else "INFO"
+    _access.opt(depth=1).bind(
+        method=info.method,
+        route=info.route,
+        path=info.path,
+        status=info.status,
+        duration_ms=round(info.duration * 1000, 3),
+        client=info.client,
+        user_agent=info.user_agent,
+    ).log(level, f"{info.method} {info.route} {info.status}")

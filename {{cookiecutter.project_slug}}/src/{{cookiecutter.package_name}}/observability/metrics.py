@@ -1,0 +1,127 @@
+"""Metrics: RED metrics in Prometheus form of the OpenTelemetry HTTP conventions.
+
+- `http_server_request_duration_seconds{http_request_method, http_route,
+  http_response_status_code}`: a histogram with the semconv buckets, and an
+  exemplar carrying the trace_id of sampled requests.
+- `http_server_active_requests{http_request_method}`: requests in flight.
+- `app_build_info{version, commit, python_version}`: always 1.
+
+Labels stay bounded: routes are templates (`/items/{item_id}`), unmatched
+paths are `__unmatched__`, unknown methods are `_OTHER`, and probes and
+scrapes are not recorded at all.
+
+With several workers (`APP_WORKERS` > 1) each process writes its samples to
+files in `PROMETHEUS_MULTIPROC_DIR` and /metrics merges them. That mode has
+no exemplars and no process or GC metrics (the client library cannot merge
+them): prefer one worker per container and scale with replicas.
+"""
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from ..settings import Settings
+from .context import RequestInfo
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# OpenTelemetry's advisory buckets for http.server.request.duration, in seconds.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+REQUEST_DURATION = Histogram(
+    "http_server_request_duration_seconds",
+    "Duration of HTTP server requests.",
+    ["http_request_method", "http_route", "http_response_status_code"],
+    buckets=DURATION_BUCKETS,
+)
+ACTIVE_REQUESTS = Gauge(
+    "http_server_active_requests",
+    "Number of HTTP server requests in flight.",
+    ["http_request_method"],
+    multiprocess_mode="livesum",
+)
+BUILD_INFO = Gauge(
+    "app_build_info",
+    "Version and commit of the running service; always 1.",
+    ["version", "commit", "python_version"],
+    multiprocess_mode="max",
+)
+
+# Label lookups take a lock; caching the children keeps the request path to a dict get.
+_duration_children: dict[tuple[str, str, int], Histogram] = {}
+_active_children: dict[str, Gauge] = {}
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Empty the directory before workers start, so no stale samples are merged.
+
+    Must run in the parent process, before any worker imports this module.
+    """
+    directory = Path(path)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges; its counters stay in the totals."""
+    if multiprocess_enabled():
+        mark_process_dead(pid)
+
+
+def request_started(method: str) -> None:
+    gauge = _active_children.get(method)
+    if gauge is None:
+        gauge = _active_children[method] = ACTIVE_REQUESTS.labels(method)
+    gauge.inc()
+
+
+def request_finished(info: RequestInfo) -> None:
+    _active_children[info.method].dec()
+    key = (info.method, info.route, info.status)
+    histogram = _duration_children.get(key)
+    if histogram is None:
+        histogram = _duration_children[key] = REQUEST_DURATION.labels(
+            info.method, info.route, str(info.status)
+        )
+    if info.sampled and info.trace_id is not None:
+        histogram.observe(info.duration, exemplar={"trace_id": info.trace_id})
+    else:
+        histogram.observe(info.duration)
+
+
+def _scrape_registry() -> CollectorRegistry:
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def render(accept: str) -> tuple[bytes, str]:
+    """The exposition, OpenMetrics (with exemplars) or classic text, as asked by Accept."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(_scrape_registry()), content_type
+
+
+def setup_metrics(app: FastAPI, settings: Settings) -> None:
+    BUILD_INFO.labels(settings.version, settings.git_commit, platform.python_version()).set(1)
+    if settings.metrics_port is not None:
+        # A separate listener keeps /metrics off the port the public reaches.
+        start_http_server(settings.metrics_port, registry=_scrape_registry())
+        return
+
+    def metrics(request: Request) -> Response:
+        body, content_type = render(request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
+
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)

@@ -1,0 +1,67 @@
+"""Every setting of the service, read from the environment (prefix ``APP_``).
+
+Tracing is configured by the standard ``OTEL_*`` variables on top of these,
+so that operators can use what they already know from other services.
+"""
+
+from functools import lru_cache
+{%- if cookiecutter.use_json_logging %}
+from typing import Literal
+{%- endif %}
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import __version__
+{%- if cookiecutter.use_json_logging %}
+
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+{%- endif %}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APP_", env_file=".env", extra="ignore")
+
+    # Identity, as it appears in logs, metrics and traces.
+    service_name: str = "{{ cookiecutter.project_slug }}"
+    title: str = {{ cookiecutter.project_name | tojson }}
+    description: str = {{ cookiecutter.description | tojson }}
+    version: str = __version__
+    git_commit: str = "unknown"
+    environment: str = "local"
+    debug: bool = False
+
+    # Server.
+    host: str = "0.0.0.0"
+    port: int = Field(default={{ cookiecutter.port }}, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    graceful_timeout_seconds: float = Field(default=20.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+
+    # The downstream HTTP service the demo route calls; None calls this service itself.
+    downstream_url: AnyHttpUrl | None = None
+    downstream_token: SecretStr | None = None
+    downstream_timeout_seconds: float = Field(default=5.0, gt=0)
+{%- if cookiecutter.use_json_logging %}
+
+    # Logging: JSON lines for machines, or a readable console format for people.
+    log_level: LogLevel = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    log_max_value_length: int = Field(default=8192, ge=64)
+    log_buffer_lines: int = Field(default=10_000, ge=100)
+{%- endif %}
+{%- if cookiecutter.use_metrics %}
+
+    # Metrics: /metrics on the service port, or on a separate port kept off the public listener.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+
+    # Tracing: FastAPI's per-operation spans (dependencies, endpoint, serialization) are opt-in.
+    trace_operation_spans: bool = False
+{%- endif %}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,115 @@
+"""Fixtures: an in-process client, and the real server in a subprocess."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# In-process apps export no spans; tests that check spans start a server with a receiver.
+os.environ["OTEL_SDK_DISABLED"] = "true"
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    settings = Settings(environment="test"{% if cookiecutter.use_json_logging %}, log_format="console"{% endif %})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """`python -m {{ cookiecutter.package_name }}` on a free port, its stdout collected line by line."""
+
+    def __init__(self, env: dict[str, str], *, module: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "APP_HOST": "127.0.0.1",
+            "APP_PORT": str(self.port),
+            "APP_ENVIRONMENT": "test",
+            "OTEL_SDK_DISABLED": "true",
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                *(arg.format(port=self.port) for arg in module or ["{{ cookiecutter.package_name }}"]),
+            ],
+            cwd=PROJECT_DIR,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("server exited:\n" + "\n".join(self.lines))
+            try:
+                httpx.get(f"{self.url}/health", timeout=1)  # any answer: it is listening
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError("server did not become ready:\n" + "\n".join(self.lines))
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        code = self.process.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+class StartServer(Protocol):
+    def __call__(
+        self, env: dict[str, str] | None = None, *, module: list[str] | None = None
+    ) -> Server: ...
+
+
+@pytest.fixture
+def start_server() -> Iterator[StartServer]:
+    """start_server(env) -> a ready Server; killed at the end of the test if still running."""
+    servers: list[Server] = []
+
+    def start(env: dict[str, str] | None = None, *, module: list[str] | None = None) -> Server:
+        server = Server(env or {}, module=module)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)

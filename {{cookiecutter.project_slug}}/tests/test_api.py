@@ -1,0 +1,91 @@
+"""The HTTP contract: routes, probes, the JSON error format and request ids."""
+
+import re
+
+from fastapi.testclient import TestClient
+
+
+def test_liveness_and_readiness(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health/ready").json() == {"status": "ready"}
+
+
+def test_item_route(client: TestClient) -> None:
+    response = client.get("/api/items/42")
+    assert response.status_code == 200
+    assert response.json() == {"id": 42, "name": "item-42"}
+
+
+def test_create_item(client: TestClient) -> None:
+    response = client.post("/api/items", json={"name": "widget"})
+    assert response.status_code == 201
+    assert response.json() == {"id": 1, "name": "widget"}
+
+
+def test_downstream_route_calls_the_service_itself(client: TestClient) -> None:
+    # Inside TestClient nothing listens on the port: the call fails cleanly with a 502.
+    response = client.get("/api/downstream")
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == "Downstream service unavailable"
+
+
+def assert_error(body: dict[str, object], status: int) -> dict[str, object]:
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert error["status"] == status
+    assert isinstance(error["message"], str)
+    assert isinstance(error["request_id"], str)
+    assert "trace_id" in error
+    return error
+
+
+def test_not_found_uses_the_error_format(client: TestClient) -> None:
+    response = client.get("/no/such/path")
+    assert response.status_code == 404
+    assert_error(response.json(), 404)
+
+
+def test_validation_error_uses_the_error_format_without_echoing_input(client: TestClient) -> None:
+    response = client.get("/api/items/not-a-number")
+    assert response.status_code == 422
+    error = assert_error(response.json(), 422)
+    assert "not-a-number" not in response.text
+    assert error["details"]
+
+
+def test_unknown_method_is_405(client: TestClient) -> None:
+    response = client.request("PURGE", "/api/items/1")
+    assert response.status_code == 405
+    assert_error(response.json(), 405)
+
+
+def test_oversized_body_is_413(client: TestClient) -> None:
+    response = client.post(
+        "/api/items",
+        content=b'{"name": "' + b"x" * 2_000_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert_error(response.json(), 413)
+
+
+def test_unhandled_error_is_500_without_stack_trace(client: TestClient) -> None:
+    response = client.get("/api/fail")
+    assert response.status_code == 500
+    error = assert_error(response.json(), 500)
+    assert error["message"] == "Internal Server Error"
+    assert "Traceback" not in response.text
+    assert "deliberate" not in response.text
+
+
+def test_request_id_is_kept_when_safe(client: TestClient) -> None:
+    response = client.get("/api/items/1", headers={"X-Request-ID": "abc-123.DEF_4"})
+    assert response.headers["x-request-id"] == "abc-123.DEF_4"
+
+
+def test_hostile_request_id_is_replaced(client: TestClient) -> None:
+    for hostile in ['evil"\\value', "x" * 5000, "a b", "<script>"]:
+        response = client.get("/api/items/1", headers={"X-Request-ID": hostile})
+        request_id = response.headers["x-request-id"]
+        assert request_id != hostile
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)

@@ -1,0 +1,154 @@
+"""Logs: every line on stdout is one JSON object, with the fields operators query."""
+
+import json
+import sys
+import time
+from io import BytesIO
+from typing import Any
+
+import httpx
+from loguru import logger
+
+from conftest import StartServer
+from {{ cookiecutter.package_name }}.observability.logging import BufferedWriter, JsonFormatter
+from {{ cookiecutter.package_name }}.settings import Settings
+
+JSON_ENV = {"APP_LOG_FORMAT": "json", "APP_LOG_LEVEL": "INFO", "APP_LOG_MAX_VALUE_LENGTH": "200"}
+
+
+def parse_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """Every line must be exactly one JSON object."""
+    records = []
+    for line in lines:
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+def wait_for(lines: list[str], predicate: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = parse_lines(list(lines))
+        if any(predicate(r) for r in records):
+            return records
+        time.sleep(0.05)
+    raise AssertionError(f"no matching log line in:\n{chr(10).join(lines)}")
+
+
+def test_access_line_has_every_field(start_server: StartServer) -> None:
+    server = start_server(JSON_ENV)
+    response = httpx.get(
+        f"{server.url}/api/items/7", headers={"User-Agent": "probe/1.0", "X-Request-ID": "req-7"}
+    )
+    assert response.status_code == 200
+    records = wait_for(server.lines, lambda r: r.get("logger") == "access")
+    access = next(r for r in records if r.get("logger") == "access")
+    assert access["level"] == "INFO"
+    assert access["method"] == "GET"
+    assert access["route"] == "/api/items/{item_id}"
+    assert access["path"] == "/api/items/7"
+    assert access["status"] == 200
+    assert isinstance(access["duration_ms"], float)
+    assert access["client"] == "127.0.0.1"
+    assert access["user_agent"] == "probe/1.0"
+    assert access["request_id"] == "req-7"
+    assert access["service_name"] == "{{ cookiecutter.project_slug }}"
+    assert access["deployment_environment"] == "test"
+    assert access["timestamp"].endswith("Z")
+    for key in ("message", "module", "function", "line", "service_version"):
+        assert key in access
+    # uvicorn's own access log is replaced, not doubled.
+    mentions = [
+        r for r in records if "/api/items/7" in r["message"] or r.get("path") == "/api/items/7"
+    ]
+    assert mentions == [access]
+    assert server.stop() == 0
+
+
+def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> None:
+    server = start_server(JSON_ENV)
+    assert server.stop() == 0
+    records = parse_lines(server.lines)
+    loggers = {r["logger"] for r in records}
+    assert "uvicorn.error" in loggers, loggers
+    assert any("Application startup complete" in r["message"] for r in records)
+    assert any("Finished server process" in r["message"] for r in records)
+
+
+def test_errors_carry_the_exception(start_server: StartServer) -> None:
+    server = start_server(JSON_ENV)
+    assert httpx.get(f"{server.url}/api/fail").status_code == 500
+    records = wait_for(server.lines, lambda r: "exception_type" in r)
+    error = next(r for r in records if "exception_type" in r)
+    assert error["level"] == "ERROR"
+    assert error["exception_type"] == "RuntimeError"
+    assert "deliberate failure" in error["exception_message"]
+    assert "Traceback" in error["exception_stacktrace"]
+    access = next(r for r in records if r.get("logger") == "access")
+    assert access["status"] == 500
+    assert access["level"] == "ERROR"
+
+
+def test_hostile_values_cannot_break_the_format(start_server: StartServer) -> None:
+    server = start_server(JSON_ENV)
+    hostile_path = "/nothing/%0A%7B%22level%22%3A%22CRITICAL%22%7D%0D%22%5C%00" + "a" * 5000
+    httpx.get(
+        f"{server.url}{hostile_path}", headers={"User-Agent": 'ua "quoted" \\ \t' + "b" * 5000}
+    )
+    records = wait_for(server.lines, lambda r: r.get("logger") == "access")
+    access = next(r for r in records if r.get("logger") == "access")
+    assert access["route"] == "__unmatched__"
+    assert access["path"].startswith('/nothing/\n{"level":"CRITICAL"}\r"\\\x00')
+    assert access["path"].endswith("chars]")
+    assert len(access["path"]) < 260
+    assert access["user_agent"].startswith('ua "quoted" \\ \t')
+    assert "...[truncated" in access["user_agent"]
+    assert not any(r.get("level") == "CRITICAL" for r in records)
+
+
+def test_bound_fields_are_flat_and_truncated() -> None:
+    settings = Settings(service_name="svc", environment="test", log_max_value_length=64)
+    formatter = JsonFormatter(settings)
+    captured: list[bytes] = []
+    handler = logger.add(lambda m: captured.append(formatter(m.record)), format="{message}")
+    try:
+        logger.bind(order_id=42, note="x" * 100, nested={"a": 1}).info("line\nbreak")
+    finally:
+        logger.remove(handler)
+    (raw,) = captured
+    assert raw.endswith(b"\n")
+    assert raw.count(b"\n") == 1
+    record = json.loads(raw)
+    assert record["message"] == "line\nbreak"
+    assert record["order_id"] == 42
+    assert record["nested"] == {"a": 1}
+    assert record["note"] == "x" * 64 + "...[truncated 36 chars]"
+    assert record["service_name"] == "svc"
+    assert "trace_id" not in record
+
+
+def test_blocked_stdout_drops_lines_and_reports_the_count() -> None:
+    class Stalled(BytesIO):
+        blocked = True
+
+        def write(self, data: Any) -> int:
+            while self.blocked:
+                time.sleep(0.01)
+            return super().write(data)
+
+    stream = Stalled()
+    writer = BufferedWriter(stream, max_lines=100, flush_interval=0.01)
+    time.sleep(0.05)
+    for i in range(1000):  # must return at once although stdout is stuck
+        writer.write(b'{"n": %d}\n' % i)
+    stream.blocked = False
+    writer.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    warning = lines[-1]
+    assert warning["level"] == "WARNING"
+    kept = len(lines) - 1
+    # At most one batch in the stuck write plus one full buffer are held.
+    assert kept <= 200
+    assert kept + warning["dropped_lines"] == 1000
+    print(f"kept {len(lines) - 1} lines, dropped {warning['dropped_lines']}", file=sys.stderr)

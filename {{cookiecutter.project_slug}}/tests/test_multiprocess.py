@@ -1,0 +1,69 @@
+"""Several workers: one merged /metrics that neither loses nor double-counts requests."""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Server, StartServer
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads worker pids from /proc")
+
+
+def total_requests(server: Server) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "http_server_request_duration_seconds_count"
+    )
+
+
+def worker_pids(server: Server) -> set[int]:
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child) for child in children}
+
+
+def send(server: Server, n: int) -> None:
+    for i in range(n):
+        # A new connection each time, so the kernel spreads them over the workers.
+        assert (
+            httpx.get(
+                f"{server.url}/api/items/{i + 1}", headers={"Connection": "close"}
+            ).status_code
+            == 200
+        )
+
+
+def test_requests_over_two_workers_are_counted_exactly(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    multiproc = tmp_path / "metrics"
+    server = start_server({"APP_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)})
+    deadline = time.monotonic() + 10
+    while len(worker_pids(server)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    send(server, 200)
+    assert total_requests(server) == 200
+    writers = {p.name.rsplit("_", 1)[1] for p in multiproc.glob("histogram_*.db")}
+    assert len(writers) >= 2, f"expected samples from 2 workers, got files {sorted(writers)}"
+
+    # Kill one worker outright: gunicorn replaces it and the totals survive.
+    victim = next(iter(worker_pids(server)))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while (
+        victim in worker_pids(server) or len(worker_pids(server)) < 2
+    ) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert victim not in worker_pids(server)
+    send(server, 50)
+    assert total_requests(server) == 250
+    assert server.stop() == 0

@@ -1,0 +1,146 @@
+"""Traces: spans decoded off the wire from a real OTLP/HTTP receiver."""
+
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from conftest import Server, StartServer, free_port
+from otlp_receiver import OtlpReceiver, ReceivedSpan
+
+SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
+CLIENT_KIND = 3
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as running:
+        yield running
+
+
+def tracing_env(endpoint: str, **extra: str) -> dict[str, str]:
+    return {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        **extra,
+    }
+
+
+def wait_for_spans(
+    receiver: OtlpReceiver, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 10.0
+) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spans = receiver.snapshot()
+        if predicate(spans):
+            return spans
+        time.sleep(0.05)
+    raise AssertionError(f"spans never matched: {receiver.snapshot()}")
+
+
+def test_one_server_span_per_request(start_server: StartServer, receiver: OtlpReceiver) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    httpx.get(f"{server.url}/api/items/3")
+    httpx.get(f"{server.url}/health")
+    spans = wait_for_spans(receiver, lambda s: len(s) >= 1)
+    time.sleep(0.3)
+    spans = receiver.snapshot()
+    assert len(spans) == 1, "one span per request, none for probes"
+    (span,) = spans
+    assert span.name == "GET /api/items/{item_id}"
+    assert span.kind == SERVER_KIND
+    assert span.attributes["http.route"] == "/api/items/{item_id}"
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.resource["service.name"] == "{{ cookiecutter.project_slug }}"
+    assert span.resource["deployment.environment.name"] == "test"
+    assert span.resource["service.version"]
+
+
+def test_incoming_traceparent_continues_the_trace(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    httpx.get(f"{server.url}/api/items/1", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    (span,) = wait_for_spans(receiver, lambda s: len(s) >= 1)
+    assert span.trace_id == trace_id
+    assert span.parent_span_id == parent_id
+
+
+def test_malformed_trace_headers_start_a_new_trace(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    hostile = {
+        "traceparent": "00-zzzz-{}-01'\"<script>",
+        "tracestate": "k=" + "v" * 60_000,
+        "baggage": "a=%ZZ;;;,=,\\" * 1000,
+    }
+    response = httpx.get(f"{server.url}/api/items/1", headers=hostile)
+    assert response.status_code == 200
+    (span,) = wait_for_spans(receiver, lambda s: len(s) >= 1)
+    assert len(span.trace_id) == 32
+    assert span.trace_id != "0" * 32
+    assert span.parent_span_id == ""
+    for value in hostile.values():
+        assert value not in response.headers.values()
+
+
+def test_downstream_call_carries_traceparent(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    assert httpx.get(f"{server.url}/api/downstream").status_code == 200
+    spans = wait_for_spans(receiver, lambda s: len(s) >= 3)
+    entry = next(s for s in spans if s.name == "GET /api/downstream")
+    client = next(s for s in spans if s.kind == CLIENT_KIND)
+    callee = next(s for s in spans if s.name == "GET /api/items/{item_id}")
+    assert client.trace_id == entry.trace_id == callee.trace_id
+    assert client.parent_span_id == entry.span_id
+    assert callee.parent_span_id == client.span_id, "the callee continued the caller's trace"
+
+
+def test_server_error_returns_its_trace_id(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    response = httpx.get(f"{server.url}/api/fail")
+    assert response.status_code == 500
+    trace_id = response.json()["error"]["trace_id"]
+    assert response.headers["x-trace-id"] == trace_id
+    (span,) = wait_for_spans(receiver, lambda s: len(s) >= 1)
+    assert span.trace_id == trace_id
+    assert span.attributes["error.type"] == "RuntimeError"
+
+
+def test_operation_spans_are_opt_in(start_server: StartServer, receiver: OtlpReceiver) -> None:
+    server = start_server(tracing_env(receiver.endpoint, APP_TRACE_OPERATION_SPANS="true"))
+    httpx.get(f"{server.url}/api/items/1")
+    spans = wait_for_spans(receiver, lambda s: len(s) >= 2)
+    assert len({s.trace_id for s in spans}) == 1
+
+
+def test_queued_spans_are_flushed_on_shutdown(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    # A schedule delay far beyond the test: only the shutdown flush can deliver these.
+    server = start_server(tracing_env(receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="600000"))
+    for i in range(5):
+        httpx.get(f"{server.url}/api/items/{i + 1}")
+    assert receiver.snapshot() == []
+    assert server.stop() == 0
+    assert len(receiver.snapshot()) == 5
+
+
+def test_unreachable_backend_does_not_slow_or_fail_requests(start_server: StartServer) -> None:
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    server: Server = start_server(tracing_env(dead_endpoint))
+    started = time.monotonic()
+    for i in range(50):
+        assert httpx.get(f"{server.url}/api/items/{i + 1}").status_code == 200
+    assert time.monotonic() - started < 10
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 15, "shutdown waits at most the export timeout"
