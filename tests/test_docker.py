@@ -13,6 +13,7 @@ so that a refused connection is told apart from a request lost in flight.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import http.server
@@ -23,6 +24,7 @@ import re
 import shutil
 import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TEMPLATE_DIR, require_docker, require_image, unavailable
+from helpers import TEMPLATE_DIR, find_python, require_docker, require_image, unavailable, uv_env
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 
@@ -82,30 +84,22 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _python_for(version: str) -> str | None:
-    """An interpreter for `uv lock`; uv downloads one itself when this finds none."""
-    candidates = [shutil.which(f"python{version}")]
-    candidates += sorted(str(path) for path in Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}"))
-    for candidate in filter(None, candidates):
-        # A pyenv shim is on PATH even when its version is not selected: try it.
-        if subprocess.run([candidate, "-c", ""], capture_output=True, timeout=30, check=False).returncode == 0:
-            return candidate
-    return None
-
-
 def _lock(project: Path, python_version: str) -> None:
+    """`uv lock`, as the generated Makefile does: a fresh bake has no uv.lock."""
     if (project / "uv.lock").exists():
         return
     uv = shutil.which("uv")
     if uv is None:
         unavailable("'uv' is not on PATH")
     assert uv is not None
-    extra = {}
-    python = _python_for(python_version)
-    if python:
-        extra["UV_PYTHON"] = python
     result = subprocess.run(
-        [uv, "lock"], cwd=project, capture_output=True, text=True, timeout=300, check=False, env=_env(**extra)
+        [uv, "lock"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=uv_env(find_python(python_version)),
     )
     assert result.returncode == 0, f"uv lock failed:\n{result.stderr[-3000:]}"
 
@@ -114,9 +108,12 @@ def _build_standins(dockerfile: Path) -> None:
     script = SHARED_TOOLS / "standins.sh"
     if not script.exists():
         unavailable(f"{script} is missing: cannot provide base images without a registry")
-    result = subprocess.run(
-        ["bash", str(script), str(dockerfile)], capture_output=True, text=True, timeout=600, check=False
-    )
+    # One build at a time across xdist workers: the script shares its rootfs cache.
+    with open(Path(tempfile.gettempdir()) / "template-standins.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            ["bash", str(script), str(dockerfile)], capture_output=True, text=True, timeout=600, check=False
+        )
     if result.returncode != 0:
         unavailable(f"stand-in base images could not be built:\n{result.stderr[-2000:]}")
 
@@ -143,11 +140,13 @@ class Image:
 
 
 @pytest.fixture(scope="session", params=list(BAKES))
-def image(request: pytest.FixtureRequest, bake_once: Any) -> Iterator[Image]:
+def image(request: pytest.FixtureRequest, bake_once: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     """The generated image of one bake, built once per session."""
     require_docker()
     answers = BAKES[request.param]
-    project = bake_once(**answers)
+    # A copy, so that locking it leaves the shared bake as generated.
+    project = tmp_path_factory.mktemp(f"image-{request.param}") / "project"
+    shutil.copytree(bake_once(**answers), project)
     python_version = str(answers.get("python_version", "3.13"))
     base = f"python:{python_version}-slim"
     _lock(project, python_version)
@@ -357,7 +356,7 @@ def test_build_context_excludes_secrets_and_clutter(bake_once: Any, tmp_path: Pa
     require_docker()
     project = tmp_path / "project"
     shutil.copytree(bake_once(), project)
-    _lock(project, "3.13")
+    _lock(project, "3.13")  # as the Makefile does before any build
     base = "python:3.13-slim"
     package = project / "src" / "my_service"
     for decoy in (
@@ -631,6 +630,8 @@ def test_sigterm_during_requests_exits_zero_and_loses_none(image: Image) -> None
             assert elapsed < GRACE_SECONDS, f"took {elapsed:.1f} s to stop\n{context}"
             assert slow.ok == slow_count, f"in-flight requests lost\n{context}"
             assert not fast.lost, f"requests lost\n{context}"
+            # Only the connection each client thread had open when the listener closed.
+            assert fast.closed_unread <= 4, f"connections closed without a response\n{context}"
             assert fast.ok > 0, context
             print(f"[{image.bake}] SIGTERM -> exit 0 in {elapsed:.1f} s; slow={slow.ok} ok, fast={fast}")
 

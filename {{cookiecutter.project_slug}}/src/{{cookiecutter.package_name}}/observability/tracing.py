@@ -70,7 +70,7 @@ def telemetry_config(settings: Settings, provider: TracerProvider) -> TelemetryC
         "tracing": True,
         "operation_spans": settings.trace_operation_spans,
         "metrics": False,  # prometheus-client owns the HTTP metrics
-        "logs": False,  # loguru owns the logs
+        "logs": False,  # logs go to stdout, where the log shipper collects them
         "auto_configure": False,
         "exclude": lambda scope: scope.get("path") in EXCLUDED_PATHS,
     }

@@ -1,0 +1,595 @@
+"""Benchmark the generated service's request overhead, per telemetry signal.
+
+One command (from the template repository's root):
+
+    uv run python benchmarks/run.py
+
+bakes one project per telemetry combination (cookiecutter, no input), gives
+each its own venv (uv), and measures on a 2-core machine one server worker
+pinned to core 0 with the load generator pinned to core 1:
+
+- throughput: `wrk -t1 -c32` at full speed (requests/s);
+- p50/p99 latency at a fixed rate (half of bare's saturation by default), with
+  the open-loop generator `loadgen.py` (wrk has no fixed-rate mode);
+- the server's peak RSS (VmHWM).
+
+Variants are alternated within one run, over several repetitions, and each is
+compared with the bare variant of the same repetition. The table (ratios to
+bare: min, median, max, plus absolute figures) is printed as Markdown and the
+full data is written to benchmarks/results/latest.json.
+
+It also times `cookiecutter --no-input` (hyperfine when installed) and the
+template's fast test tier. Needs: uv, wrk, taskset, a CPython 3.13 or 3.12
+(BENCH_PYTHON, `python3.13` on PATH or ~/.pyenv/versions/3.13*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+PACKAGE = "bench_service"
+TARGET_PATH = "/api/items/42"
+SERVER_CORE = "0"
+LOAD_CORE = "1"
+
+# Everything outside the service itself is off in every bake: no image, no stack.
+STACK_OFF = {
+    "use_dockerfile": False,
+    "use_prometheus": False,
+    "use_alertmanager": False,
+    "use_grafana": False,
+    "use_jaeger": False,
+    "use_loki": False,
+    "use_github_actions": False,
+}
+SIGNALS = ("use_json_logging", "use_metrics", "use_tracing")
+NO_EXPORT = {"OTEL_TRACES_EXPORTER": "none"}
+RATIO_10 = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+PEER_PACKAGES = (
+    "prometheus-fastapi-instrumentator",
+    "opentelemetry-instrumentation-fastapi",
+    "python-json-logger",
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    signals: tuple[str, ...] = ()  # the cookiecutter toggles baked on; () is bare
+    env: dict[str, str] = field(default_factory=dict)
+    otlp: bool = False  # export spans to the local OTLP/HTTP receiver
+    peer: bool = False  # the typical peer stack (benchmarks/peer_app.py)
+
+    @property
+    def bake_key(self) -> str:
+        return "peer" if self.peer else ("+".join(self.signals) or "bare")
+
+
+VARIANTS = [
+    Variant("bare", "all telemetry off by bake: the limit"),
+    Variant("logs", "JSON access line only", ("use_json_logging",)),
+    Variant("metrics", "RED histogram + exemplar-less gauge only", ("use_metrics",)),
+    Variant("tracing", "server span, no exporter", ("use_tracing",), NO_EXPORT),
+    Variant("metrics+logs", "metrics and logs, no tracing", ("use_json_logging", "use_metrics")),
+    Variant("all-100", "all on, 100 % sampled, no exporter", SIGNALS, NO_EXPORT),
+    Variant("all-10", "all on, 10 % sampled, no exporter", SIGNALS, {**NO_EXPORT, **RATIO_10}),
+    Variant("all-100-otlp", "all on, 100 % sampled, OTLP/HTTP to a local receiver", SIGNALS, otlp=True),
+    Variant("peer", "instrumentator + OTel FastAPIInstrumentor + BaseHTTPMiddleware JSON log", peer=True),
+]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The harness's environment without venv, OTel or APP_ settings leaking into children."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "APP_", "PROMETHEUS_")) and k not in {"VIRTUAL_ENV", "PYTHONPATH"}
+    }
+    env.update(extra)
+    return env
+
+
+def find_python() -> str:
+    candidates = [os.environ.get("BENCH_PYTHON"), shutil.which("python3.13")]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")), reverse=True)
+    candidates += [shutil.which("python3.12")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            # pyenv shims answer even when the version is not installed: ask it.
+            probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True)
+            if probe.returncode == 0:
+                return probe.stdout.strip()
+    sys.exit("no CPython 3.13/3.12 found: set BENCH_PYTHON")
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        sys.exit(f"'{tool}' is not on PATH (Debian: apt-get install -y {tool})")
+    return path
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- building the variants ---------------------------------------------------------
+
+
+def bake(workdir: Path, key: str, signals: tuple[str, ...]) -> Path:
+    from cookiecutter.main import cookiecutter  # noqa: PLC0415 - the template's dev dependency
+
+    answers: dict[str, Any] = {
+        **STACK_OFF,
+        **{name: name in signals for name in SIGNALS},
+        "project_name": "Bench Service",
+        "project_slug": PACKAGE.replace("_", "-"),
+        "package_name": PACKAGE,
+    }
+    # One folder per combination: the same slug everywhere keeps uv_build's module name check happy.
+    output = workdir / ("bake-" + key.replace("use_", "").replace("+", "-"))
+    shutil.rmtree(output, ignore_errors=True)
+    return Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, extra_context=answers, output_dir=str(output)))
+
+
+def make_venv(project: Path, python: str) -> str:
+    env = clean_env(UV_PYTHON=python, UV_PYTHON_DOWNLOADS="never")
+    run(["uv", "sync", "--no-dev", "--python", python], cwd=project, env=env)
+    return str(project / ".venv" / "bin" / "python")
+
+
+def installed_versions(python: str, names: list[str]) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(out))"
+    )
+    return dict(json.loads(run([python, "-c", code, *names]).stdout))
+
+
+def make_peer_venv(workdir: Path, python: str, pins: dict[str, str]) -> str:
+    venv = workdir / "peer-venv"
+    env = clean_env(UV_PYTHON_DOWNLOADS="never")
+    run(["uv", "venv", "--clear", "--python", python, str(venv)], env=env)
+    packages = [f"{name}=={version}" for name, version in pins.items()]
+    packages = [p.replace("uvicorn==", "uvicorn[standard]==") for p in packages]
+    run(["uv", "pip", "install", "--python", str(venv / "bin" / "python"), *packages, *PEER_PACKAGES], env=env)
+    return str(venv / "bin" / "python")
+
+
+# --- measuring one server ----------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    stdout_path: Path
+    stderr_path: Path
+
+
+def wait_ready(server: Server, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited ({server.process.returncode}):\n{server.stderr_path.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=1)
+            conn.request("GET", TARGET_PATH)
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{server.stderr_path.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def server_for(variant: Variant, python: str, cwd: Path, logs: Path, otlp_port: int | None) -> Iterator[Server]:
+    port = free_port()
+    env = clean_env(
+        APP_HOST="127.0.0.1",
+        APP_PORT=str(port),
+        APP_ENVIRONMENT="production",
+        APP_LOG_FORMAT="json",
+        APP_LOG_LEVEL="INFO",
+        APP_WORKERS="1",
+        OTEL_SERVICE_NAME="bench-service",
+        **variant.env,
+    )
+    if variant.otlp:
+        assert otlp_port is not None
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+    if variant.peer:
+        cmd = [python, "-m", "uvicorn", "peer_app:app", "--app-dir", str(BENCH_DIR), "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log", "--no-server-header", "--log-level", "warning"]
+    else:
+        cmd = [python, "-m", PACKAGE]
+    stdout_path = logs / f"{variant.name}.stdout"
+    stderr_path = logs / f"{variant.name}.stderr"
+    # stdout (the JSON log lines) goes to a regular file, as a container runtime's log driver does.
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *cmd], cwd=cwd, env=env, stdout=out, stderr=err)
+    server = Server(process, port, stdout_path, stderr_path)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def peak_rss_mb(pid: int) -> dict[str, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            fields[name] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, duration: float, connections: int = 32) -> dict[str, Any]:
+    out = run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+               "--latency", f"http://127.0.0.1:{port}{TARGET_PATH}"]).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": rps, "requests": total, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+            "socket_errors": errors.group(0) if errors else None}
+
+
+def fixed_rate(load_python: str, port: int, rate: float, duration: float) -> dict[str, Any]:
+    out = run(["taskset", "-c", LOAD_CORE, load_python, str(BENCH_DIR / "loadgen.py"), "--port", str(port),
+               "--path", TARGET_PATH, "--rate", str(rate), "--duration", str(duration)]).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def measure(variant: Variant, python: str, cwd: Path, logs: Path, args: argparse.Namespace,
+            load_python: str, rate: float | None, otlp_port: int | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"variant": variant.name}
+    with server_for(variant, python, cwd, logs, otlp_port) as server:
+        warm = wrk(server.port, 1)
+        cpu_before, wall_before = cpu_seconds(server.process.pid), time.monotonic()
+        result["throughput"] = throughput = wrk(server.port, args.duration)
+        cpu = cpu_seconds(server.process.pid) - cpu_before
+        # On a shared machine the server may not get its whole core: the share says how much it got,
+        # and requests per CPU-second is the figure that contention barely moves.
+        throughput["server_cpu_share"] = round(cpu / (time.monotonic() - wall_before), 3)
+        throughput["requests_per_cpu_second"] = round(throughput["requests"] / cpu, 1) if cpu else None
+        sent = warm["requests"] + result["throughput"]["requests"]
+        if rate is not None:
+            result["latency"] = fixed_rate(load_python, server.port, rate, args.duration)
+            sent += result["latency"]["requests"]
+        result["memory_mb"] = peak_rss_mb(server.process.pid)
+    result["exit_code"] = server.process.returncode
+    # Sanity: with logs on there must be one access line per request (the readiness probe adds a few).
+    with server.stdout_path.open("rb") as out:
+        result["log_lines"] = sum(1 for _ in out)
+    result["requests_sent"] = sent
+    server.stdout_path.unlink()
+    return result
+
+
+# --- the other timings ------------------------------------------------------------------
+
+
+def time_bake(workdir: Path, runs: int) -> dict[str, Any]:
+    out = workdir / "bake-timing"
+    cookiecutter = shutil.which("cookiecutter") or str(Path(sys.executable).parent / "cookiecutter")
+    command = f"{cookiecutter} --no-input {TEMPLATE_DIR} -o {out}"
+    if shutil.which("hyperfine"):
+        export = workdir / "hyperfine.json"
+        run(["hyperfine", "--warmup", "2", "--runs", str(runs), "--prepare", f"rm -rf {out}",
+             "--export-json", str(export), command])
+        data = json.loads(export.read_text())["results"][0]
+        return {"tool": "hyperfine", "command": "cookiecutter --no-input <template>", "runs": runs,
+                "mean_s": round(data["mean"], 3), "stddev_s": round(data["stddev"], 3),
+                "min_s": round(data["min"], 3), "max_s": round(data["max"], 3)}
+    times = []
+    for _ in range(runs):
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        run(command.split())
+        times.append(time.perf_counter() - start)
+    return {"tool": "loop", "command": "cookiecutter --no-input <template>", "runs": runs,
+            "mean_s": round(statistics.mean(times), 3), "stddev_s": round(statistics.pstdev(times), 3),
+            "min_s": round(min(times), 3), "max_s": round(max(times), 3)}
+
+
+def time_fast_tier() -> dict[str, Any]:
+    start = time.perf_counter()
+    result = subprocess.run(["uv", "run", "pytest", "-m", "fast", "-q", "-p", "no:cacheprovider"],
+                            cwd=TEMPLATE_DIR, env=clean_env(), capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    summary = [line for line in result.stdout.splitlines() if line.strip()][-1:] or [""]
+    return {"command": "uv run pytest -m fast -q", "seconds": round(elapsed, 1), "exit_code": result.returncode,
+            "summary": summary[0].strip("= ")}
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def spread(values: list[float], digits: int = 2) -> dict[str, float]:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+def summarize(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, Any]:
+    by_rep: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        by_rep.setdefault(r["repetition"], {})[r["variant"]] = r
+    summary: dict[str, Any] = {}
+    for v in variants:
+        mine = [rep[v.name] for rep in by_rep.values() if v.name in rep]
+        if not mine:
+            continue
+        rps = [r["throughput"]["rps"] for r in mine]
+        s: dict[str, Any] = {"description": v.description, "rps": spread(rps, 0),
+                             "peak_rss_mb": spread([r["memory_mb"]["VmHWM"] for r in mine], 1)}
+        ratios = [rep[v.name]["throughput"]["rps"] / rep["bare"]["throughput"]["rps"]
+                  for rep in by_rep.values() if v.name in rep and "bare" in rep]
+        if ratios:
+            s["ratio_to_bare"] = spread(ratios)
+        peer_ratios = [rep[v.name]["throughput"]["rps"] / rep["peer"]["throughput"]["rps"]
+                       for rep in by_rep.values() if v.name in rep and "peer" in rep]
+        if peer_ratios:
+            s["ratio_to_peer"] = spread(peer_ratios)
+        if all("latency" in r for r in mine):
+            s["p50_ms"] = spread([r["latency"]["p50_ms"] for r in mine], 3)
+            s["p99_ms"] = spread([r["latency"]["p99_ms"] for r in mine], 3)
+            added = [rep[v.name]["latency"]["p99_ms"] - rep["bare"]["latency"]["p99_ms"]
+                     for rep in by_rep.values() if v.name in rep and "bare" in rep]
+            if added:
+                s["p99_added_ms"] = spread(added, 3)
+            s["rate_achieved"] = spread([r["latency"]["rate_achieved"] for r in mine], 0)
+        s["log_lines_per_request"] = round(
+            sum(r["log_lines"] for r in mine) / max(1, sum(r["requests_sent"] for r in mine)), 3)
+        summary[v.name] = s
+    return summary
+
+
+def fmt(s: dict[str, float] | None, digits: int = 2) -> str:
+    if not s:
+        return "–"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def markdown(summary: dict[str, Any], rate: float | None) -> str:
+    lines = [
+        f"| Variant | req/s (median) | × bare: median (min–max) | × peer | p50 ms @ {rate or '–'}/s "
+        "| p99 ms | p99 added ms: median (min–max) | peak RSS MB (max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        peer = f"{s['ratio_to_peer']['median']:.1f}" if "ratio_to_peer" in s else "–"
+        if "p50_ms" in s:
+            latency = (f"{s['p50_ms']['median']:.2f} | {s['p99_ms']['median']:.2f} | "
+                       f"{fmt(s['p99_added_ms'])}")
+        else:
+            latency = "– | – | –"
+        lines.append(f"| {name} | {s['rps']['median']:.0f} | {fmt(s.get('ratio_to_bare'))} | {peer} | {latency} | "
+                     f"{s['peak_rss_mb']['max']:.1f} |")
+    return "\n".join(lines)
+
+
+def targets(summary: dict[str, Any], bake_time: dict[str, Any] | None) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        checks.append({"target": name, "value": value, "goal": goal, "met": ok})
+
+    for variant in ("all-100", "all-100-otlp"):
+        s = summary.get(variant)
+        if s and "ratio_to_bare" in s:
+            med = s["ratio_to_bare"]["median"]
+            check(f"{variant} throughput × bare", med, ">= 0.70", med >= 0.70)
+        if s and "ratio_to_peer" in s:
+            med = s["ratio_to_peer"]["median"]
+            check(f"{variant} throughput × peer stack", med, ">= 5", med >= 5)
+        if s and "p99_added_ms" in s:
+            med = s["p99_added_ms"]["median"]
+            check(f"{variant} p99 added at the fixed rate (ms)", med, "<= 1.0", med <= 1.0)
+        if s:
+            peak = s["peak_rss_mb"]["max"]
+            check(f"{variant} peak RSS (MB)", peak, "< 120", peak < 120)
+    s = summary.get("metrics+logs")
+    if s and "ratio_to_bare" in s:
+        med = s["ratio_to_bare"]["median"]
+        check("metrics+logs throughput × bare", med, ">= 0.85", med >= 0.85)
+    if bake_time:
+        check("cookiecutter --no-input (s, mean)", bake_time["mean_s"], "< 1.0", bake_time["mean_s"] < 1.0)
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement (throughput, then latency)")
+    parser.add_argument("--rate", type=float, help="fixed request rate for latency (default: half of bare's saturation)")
+    parser.add_argument("--variants", help=f"comma-separated subset of: {','.join(v.name for v in VARIANTS)}")
+    parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate latency phase")
+    parser.add_argument("--no-meta", action="store_true", help="skip timing cookiecutter and the fast test tier")
+    parser.add_argument("--bake-runs", type=int, default=10)
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
+    parser.add_argument("--workdir", type=Path, help="keep bakes and venvs here (default: a temporary directory)")
+    args = parser.parse_args()
+
+    variants = VARIANTS
+    if args.variants:
+        wanted = args.variants.split(",")
+        unknown = set(wanted) - {v.name for v in VARIANTS}
+        if unknown:
+            sys.exit(f"unknown variants: {sorted(unknown)}")
+        variants = [v for v in VARIANTS if v.name in wanted or v.name == "bare"]
+    for tool in ("uv", "wrk", "taskset"):
+        require(tool)
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs 2 cores: one for the server, one for the load generator")
+    python = find_python()
+
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            workdir = args.workdir.resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        logs = workdir / "logs"
+        logs.mkdir(exist_ok=True)
+
+        log(f"baking and installing {len({v.bake_key for v in variants})} variants with {python}")
+        pythons: dict[str, tuple[str, Path]] = {}
+        for v in variants:
+            if v.peer or v.bake_key in pythons:
+                continue
+            project = bake(workdir, v.bake_key, v.signals)
+            pythons[v.bake_key] = (make_venv(project, python), project)
+        bare_python = pythons["bare"][0]
+        pins = installed_versions(bare_python, ["fastapi", "starlette", "uvicorn", "pydantic"])
+        all_on = next((p for k, (p, _) in pythons.items() if k.count("+") == 2), None)
+        if all_on:
+            pins |= installed_versions(all_on, ["opentelemetry-sdk", "opentelemetry-api", "prometheus-client"])
+        if any(v.peer for v in variants):
+            pythons["peer"] = (make_peer_venv(workdir, python, pins), BENCH_DIR)
+        versions = installed_versions(pythons["peer"][0] if "peer" in pythons else bare_python,
+                                      [*pins, *PEER_PACKAGES, "opentelemetry-instrumentation-fastapi", "uvloop",
+                                       "httptools"])
+        versions |= installed_versions(all_on or bare_python, ["loguru", "orjson", "opentelemetry-exporter-otlp-proto-http"])
+
+        otlp_port: int | None = None
+        sink: subprocess.Popen[bytes] | None = None
+        sink_stats = workdir / "otlp-sink.json"
+        if any(v.otlp for v in variants):
+            otlp_port = free_port()
+            # The receiver shares the load generator's core; it only reads and counts.
+            sink = subprocess.Popen(["taskset", "-c", LOAD_CORE, all_on or bare_python, str(BENCH_DIR / "otlp_sink.py"),
+                                     "--port", str(otlp_port), "--stats", str(sink_stats)], env=clean_env())
+            stack.callback(lambda: sink.poll() is not None or sink.kill())  # type: ignore[union-attr]
+
+        rate = args.rate
+        if rate is None and not args.no_latency:
+            python_bare, cwd_bare = pythons["bare"]
+            with server_for(VARIANTS[0], python_bare, cwd_bare, logs, None) as server:
+                wrk(server.port, 1)
+                saturation = wrk(server.port, args.duration)["rps"]
+            rate = round(saturation / 2)
+            log(f"bare saturates at {saturation:.0f} req/s: fixed rate for latency = {rate} req/s")
+
+        runs: list[dict[str, Any]] = []
+        for rep in range(args.repetitions):
+            order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+            for v in order:
+                py, cwd = pythons[v.bake_key]
+                r = measure(v, py, cwd, logs, args, bare_python, None if args.no_latency else rate, otlp_port)
+                r["repetition"] = rep
+                runs.append(r)
+                lat = r.get("latency", {})
+                log(f"rep {rep + 1}/{args.repetitions} {v.name:13} {r['throughput']['rps']:8.0f} req/s  "
+                    f"p50 {lat.get('p50_ms', '-')} p99 {lat.get('p99_ms', '-')} ms  "
+                    f"HWM {r['memory_mb']['VmHWM']} MB  log lines/request {r['log_lines'] / r['requests_sent']:.3f}")
+
+        otlp = None
+        if sink is not None:
+            sink.send_signal(signal.SIGTERM)
+            sink.wait(timeout=10)
+            otlp = json.loads(sink_stats.read_text()) if sink_stats.exists() else None
+        bake_time = None if args.no_meta else time_bake(Path(tempfile.mkdtemp(prefix="bench-bake-")), args.bake_runs)
+    fast_tier = None if args.no_meta else time_fast_tier()
+
+    summary = summarize(runs, variants)
+    table = markdown(summary, rate)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "kernel": platform.release(),
+                    "python": run([python, "-c", "import sys; print(sys.version.split()[0])"]).stdout.strip()},
+        "method": {"server_core": SERVER_CORE, "load_core": LOAD_CORE, "endpoint": TARGET_PATH,
+                   "throughput": "wrk -t1 -c32", "duration_s": args.duration, "repetitions": args.repetitions,
+                   "fixed_rate": rate, "latency_generator": "benchmarks/loadgen.py, open loop, 32 connections",
+                   "server_stdout": "regular file", "env": "APP_ENVIRONMENT=production APP_LOG_FORMAT=json"},
+        "versions": versions,
+        "summary": summary,
+        "targets": targets(summary, bake_time),
+        "cookiecutter": bake_time,
+        "fast_tier": fast_tier,
+        "otlp_receiver": otlp,
+        "runs": runs,
+        "markdown": table,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    print()
+    for t in report["targets"]:
+        print(f"- {'PASS' if t['met'] else 'MISS'} {t['target']}: {t['value']} (goal {t['goal']})")
+    if bake_time:
+        print(f"- cookiecutter --no-input: {bake_time['mean_s']} s ± {bake_time['stddev_s']} ({bake_time['tool']}, "
+              f"{bake_time['runs']} runs)")
+    if fast_tier:
+        print(f"- fast tier: {fast_tier['seconds']} s, exit {fast_tier['exit_code']}: {fast_tier['summary']}")
+    if otlp:
+        print(f"- OTLP receiver got {otlp['spans']} spans in {otlp['requests']} requests ({otlp['bytes']} bytes)")
+    print(f"\nJSON: {args.output}")
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Bake every tested combination and check the result statically.
+
+For each combination: no template syntax left, no empty or orphan file,
+ruff clean, and a disabled feature leaves no import, dependency, Makefile
+target, README section or compose service behind.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from combinations import ALL_ON, combo_id, hook, matrix
+from helpers import TEMPLATE_DIR
+
+pytestmark = pytest.mark.fast
+
+MATRIX = matrix()
+# Grafana dashboards are copied unrendered: their {{...}} is Grafana's own syntax.
+RAW_GLOBS = ("observability/grafana/dashboards/*.json",)
+TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
+# Other tools' templates that legitimately survive: GitHub Actions expressions,
+# and Go templates in Prometheus/Alertmanager annotations and docker --format.
+FOREIGN_TEMPLATES = re.compile(
+    r"\$\{\{[^}]*\}\}"
+    r"|\{\{-?\s*(?:\.|\$|humanize|printf|range|end|if|else|template|toUpper|title|with|len|index)[^}]*\}\}"
+)
+
+# Files rendered with {% if %} blocks, where a stray blank line is debris
+# (Python is held to ruff format instead; scripts may embed Python).
+DEBRIS_CHECKED = {".yml", ".yaml", ".md", ".toml", ".alloy", ".json", ".example", "Makefile", "Dockerfile"}
+
+# What each feature leaves in files that every project has: none of it may
+# survive when the feature is off.
+TRACES_OF = {
+    "use_json_logging": {
+        "python": [r"\bloguru\b", r"\borjson\b", r"observability\.logging", r"\.logging import"],
+        "dependencies": ["loguru", "orjson"],
+        "readme": ["APP_LOG_FORMAT", "JSON object per line"],
+    },
+    "use_metrics": {
+        "python": [r"prometheus_client", r"\.metrics import", r"observability\.metrics"],
+        "dependencies": ["prometheus-client"],
+        "readme": ["/metrics", "APP_METRICS_PORT"],
+    },
+    "use_tracing": {
+        "python": [r"opentelemetry\.sdk", r"opentelemetry\.exporter", r"\.tracing import", r"instrument_client"],
+        "dependencies": [
+            "opentelemetry-sdk",
+            "opentelemetry-exporter-otlp-proto-http",
+            "opentelemetry-instrumentation-httpx",
+            "opentelemetry-proto",
+        ],
+        "readme": ["OTEL_EXPORTER_OTLP_ENDPOINT", "OpenTelemetry spans"],
+    },
+    "use_dockerfile": {"makefile": ["image:", "up:", "down:", "logs:", "docker compose"], "readme": ["make up"]},
+}
+COMPOSE_SERVICES = {
+    "use_prometheus": {"prometheus"},
+    "use_alertmanager": {"alertmanager"},
+    "use_grafana": {"grafana"},
+    "use_jaeger": {"jaeger"},
+    "use_loki": {"loki", "alloy"},
+}
+
+
+@pytest.fixture(scope="module", params=MATRIX, ids=[combo_id(c) for c in MATRIX])
+def baked(request: pytest.FixtureRequest, bake_once: Any) -> tuple[dict[str, bool], Path]:
+    toggles: dict[str, bool] = request.param
+    return toggles, bake_once(**toggles)
+
+
+def project_files(project: Path) -> list[Path]:
+    return sorted(p for p in project.rglob("*") if p.is_file() and ".venv" not in p.parts)
+
+
+def is_raw(project: Path, path: Path) -> bool:
+    return any(path.relative_to(project).match(glob) for glob in RAW_GLOBS)
+
+
+def python_sources(project: Path) -> str:
+    return "\n".join(p.read_text() for p in project_files(project) if p.suffix == ".py")
+
+
+def test_no_template_syntax_left(baked: tuple[dict[str, bool], Path]) -> None:
+    _, project = baked
+    leftovers = []
+    for path in project_files(project):
+        if is_raw(project, path):
+            continue
+        text = FOREIGN_TEMPLATES.sub("", path.read_text(errors="replace"))
+        for match in TEMPLATE_SYNTAX.finditer(text):
+            context = text[max(0, match.start() - 30) : match.end() + 30]
+            leftovers.append(f"{path.relative_to(project)}: {context!r}")
+    assert not leftovers
+
+
+def test_no_empty_or_debris_files(baked: tuple[dict[str, bool], Path]) -> None:
+    _, project = baked
+    for path in project_files(project):
+        text = path.read_text(errors="replace")
+        rel = path.relative_to(project)
+        assert text.strip(), f"{rel} is empty"
+        assert text.endswith("\n"), f"{rel} does not end with a newline"
+        if path.suffix in DEBRIS_CHECKED or path.name in DEBRIS_CHECKED:
+            assert "\n\n\n" not in text, f"{rel} has two consecutive blank lines (template debris)"
+        assert not text.endswith("\n\n"), f"{rel} ends with a blank line"
+
+
+def test_files_match_the_manifest(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    post = hook("post_gen_project")
+    raw = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / post.MANIFEST).read_text()
+    manifest = yaml.safe_load(raw.replace("{{ cookiecutter.package_name }}", "my_service"))
+    assert not (project / post.MANIFEST).exists()
+    for name, rule in manifest["features"].items():
+        enabled = post.feature_enabled(rule, toggles)
+        for path in rule["paths"]:
+            assert (project / path).exists() == enabled, f"{name}: {path} present={not enabled}"
+    assert post.unowned_files(project, manifest) == []
+
+
+def test_ruff_passes(baked: tuple[dict[str, bool], Path]) -> None:
+    _, project = baked
+    for cmd in (["ruff", "check", "--no-cache", "."], ["ruff", "format", "--check", "--no-cache", "."]):
+        result = subprocess.run(cmd, cwd=project, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_compiles(baked: tuple[dict[str, bool], Path]) -> None:
+    _, project = baked
+    for path in project_files(project):
+        if path.suffix == ".py":
+            compile(path.read_text(), str(path), "exec")
+
+
+def test_structured_files_parse(baked: tuple[dict[str, bool], Path]) -> None:
+    _, project = baked
+    for path in project_files(project):
+        text = path.read_text()
+        if path.suffix in {".yml", ".yaml"}:
+            yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            tomllib.loads(text)
+        elif path.suffix == ".json" and not is_raw(project, path):
+            __import__("json").loads(text)
+
+
+def test_dependencies_follow_the_toggles(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    names = {
+        re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0]
+        for dep in [*pyproject["project"]["dependencies"], *pyproject["dependency-groups"]["dev"]]
+    }
+    for toggle, traces in TRACES_OF.items():
+        for dependency in traces.get("dependencies", []):
+            if toggles[toggle]:
+                assert dependency in names or dependency == "opentelemetry-proto"
+            else:
+                assert dependency not in names, f"{dependency} left behind with {toggle} off"
+
+
+def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    sources = python_sources(project)
+    readme = (project / "README.md").read_text()
+    makefile = (project / "Makefile").read_text()
+    for toggle, traces in TRACES_OF.items():
+        if toggles[toggle]:
+            continue
+        for pattern in traces.get("python", []):
+            assert not re.search(pattern, sources), f"{pattern!r} left in the code with {toggle} off"
+        for text in traces.get("readme", []):
+            assert text not in readme, f"README still mentions {text!r} with {toggle} off"
+        for text in traces.get("makefile", []):
+            assert text not in makefile, f"Makefile still has {text!r} with {toggle} off"
+
+
+def test_compose_services_follow_the_toggles(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    compose = project / "compose.yaml"
+    assert compose.exists() == toggles["use_dockerfile"]
+    if not compose.exists():
+        return
+    services = set(yaml.safe_load(compose.read_text())["services"])
+    expected = {"app"}.union(*(names for toggle, names in COMPOSE_SERVICES.items() if toggles[toggle]))
+    assert services == expected
+
+
+def test_secrets_are_generated_and_ignored(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    env = (project / ".env").read_text()
+    example = (project / ".env.example").read_text()
+    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    assert "change-me" not in env
+    assert ("GRAFANA_ADMIN_PASSWORD=change-me" in example) == toggles["use_grafana"]
+    if toggles["use_grafana"]:
+        (password,) = re.findall(r"^GRAFANA_ADMIN_PASSWORD=(.+)$", env, re.MULTILINE)
+        assert len(password) >= 24
+        assert password not in {"admin", "change-me"}
+
+
+def test_two_bakes_get_different_secrets(bake: Any) -> None:
+    first = (bake(**ALL_ON) / ".env").read_text()
+    second = (bake(**ALL_ON) / ".env").read_text()
+    assert first != second
+
+
+def test_answers_are_recorded_for_cruft(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    recorded = __import__("json").loads((project / ".cruft.json").read_text())
+    context = recorded["context"]["cookiecutter"]
+    assert context["project_slug"] == "my-service"
+    assert {key: context[key] for key in toggles} == toggles
+    assert not any(key.startswith("_") for key in context)
