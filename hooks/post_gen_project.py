@@ -35,6 +35,10 @@ def load_manifest(project: Path) -> dict[str, Any]:
     manifest = yaml.safe_load((project / MANIFEST).read_text(encoding="utf-8"))
     if not isinstance(manifest, dict) or not isinstance(manifest.get("features"), dict):
         raise ManifestError(f"{MANIFEST}: expected a mapping with a 'features' mapping")
+    for name, rule in manifest["features"].items():
+        paths = rule.get("paths") if isinstance(rule, dict) else None
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            raise ManifestError(f"{MANIFEST}: feature {name!r} must list the paths it owns")
     return manifest
 
 
@@ -50,9 +54,7 @@ def feature_enabled(rule: Mapping[str, Any], answers: Mapping[str, Any]) -> bool
 
 def disabled_paths(manifest: Mapping[str, Any], answers: Mapping[str, Any]) -> list[str]:
     paths: list[str] = []
-    for name, rule in manifest["features"].items():
-        if not rule.get("paths"):
-            raise ManifestError(f"{MANIFEST}: feature {name!r} owns no paths")
+    for rule in manifest["features"].values():
         if not feature_enabled(rule, answers):
             paths.extend(rule["paths"])
     return paths
@@ -132,4 +134,6 @@ def main(raw: str, project: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(r'{{ cookiecutter | tojson }}', Path.cwd()))
+    # The answers as JSON in a single-quoted raw literal: `tojson` escapes every ',
+    # so no answer can end the literal (keep the quotes: formatting is skipped).
+    sys.exit(main(r'{{ cookiecutter | tojson }}', Path.cwd()))  # fmt: skip

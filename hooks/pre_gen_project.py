@@ -40,7 +40,19 @@ TOGGLES = (
 STACK_SERVICES = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki")
 # Names a generated package must not shadow, beyond the standard library.
 RESERVED_PACKAGES = frozenset(
-    {"fastapi", "starlette", "pydantic", "uvicorn", "loguru", "httpx", "prometheus_client", "opentelemetry", "tests", "test", "src"}
+    {
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "uvicorn",
+        "loguru",
+        "httpx",
+        "prometheus_client",
+        "opentelemetry",
+        "tests",
+        "test",
+        "src",
+    }
 )
 
 # (toggle, toggles it needs, why) - an enabled toggle whose needs are not all
@@ -88,7 +100,7 @@ def _check_identifier(field: str, value: str, pattern: re.Pattern[str], shape: s
         raise _fail(field, value, "must start with a letter, not a digit")
     if value != value.lower():
         raise _fail(field, value, "must be lowercase")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise _fail(field, value, shape)
     as_module = value.replace("-", "_")
     if keyword.iskeyword(as_module) or keyword.issoftkeyword(as_module):
@@ -106,6 +118,10 @@ def _check_text(field: str, value: str, *, required: bool = True) -> None:
         raise _fail(field, value, f"must be at most {MAX_TEXT_LENGTH} characters")
     if any(ch in value for ch in "\r\n\x00"):
         raise _fail(field, value, "must be a single line")
+    if any(ord(ch) > 0xFFFF for ch in value):
+        # TOML and Python receive the text as JSON strings, whose escapes for
+        # such characters (surrogate pairs) neither format accepts.
+        raise _fail(field, value, "must not contain characters beyond U+FFFF, such as emoji")
 
 
 def _check_name(value: str) -> None:
@@ -119,12 +135,12 @@ def _check_name(value: str) -> None:
 
 def _check_port(value: Any) -> None:
     text = str(value)
-    if not text.isdigit() or not 1024 <= int(text) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1024 <= int(text) <= 65535:
         raise _fail("port", value, "must be a whole number from 1024 to 65535")
 
 
 def _check_pattern(field: str, value: str, pattern: re.Pattern[str], rule: str) -> None:
-    if len(value) > MAX_TEXT_LENGTH or not pattern.match(value):
+    if len(value) > MAX_TEXT_LENGTH or not pattern.fullmatch(value):
         raise _fail(field, value, rule)
 
 
@@ -149,15 +165,23 @@ def _check_toggles(answers: Mapping[str, Any]) -> None:
 CHECKS: tuple[Callable[[Mapping[str, Any]], None], ...] = (
     lambda a: _check_name(a["project_name"]),
     lambda a: _check_identifier(
-        "project_slug", a["project_slug"], SLUG_RE, "must be lowercase letters and digits in words joined by single hyphens"
+        "project_slug",
+        a["project_slug"],
+        SLUG_RE,
+        "must be lowercase letters and digits in words joined by single hyphens",
     ),
     lambda a: _check_identifier(
-        "package_name", a["package_name"], PACKAGE_RE, "must be lowercase letters and digits in words joined by single underscores"
+        "package_name",
+        a["package_name"],
+        PACKAGE_RE,
+        "must be lowercase letters and digits in words joined by single underscores",
     ),
     lambda a: _check_text("description", a["description"]),
     lambda a: _check_text("author_name", a["author_name"]),
     lambda a: _check_pattern("author_email", a["author_email"], EMAIL_RE, "must look like name@example.com"),
-    lambda a: _check_pattern("version", a["version"], VERSION_RE, "must be a release version such as 0.1.0 or 1.0.0rc1"),
+    lambda a: _check_pattern(
+        "version", a["version"], VERSION_RE, "must be a release version such as 0.1.0 or 1.0.0rc1"
+    ),
     lambda a: _check_choice("python_version", a["python_version"], PYTHON_VERSIONS),
     lambda a: _check_choice("license", a["license"], LICENSES),
     lambda a: _check_port(a["port"]),
@@ -181,6 +205,6 @@ def main(raw: str) -> int:
 
 
 if __name__ == "__main__":
-    # The answers, rendered as JSON; `tojson` escapes quotes, so this raw
-    # literal can hold any text the user typed.
-    sys.exit(main(r'{{ cookiecutter | tojson }}'))
+    # The answers as JSON in a single-quoted raw literal: `tojson` escapes every ',
+    # so no answer can end the literal (keep the quotes: formatting is skipped).
+    sys.exit(main(r'{{ cookiecutter | tojson }}'))  # fmt: skip

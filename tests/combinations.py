@@ -63,7 +63,9 @@ def without(*names: str) -> dict[str, bool]:
 
 def pairwise() -> list[dict[str, bool]]:
     """A small set of valid combinations covering every reachable pair of values."""
-    valid = [dict(zip(TOGGLES, values, strict=True)) for values in itertools.product((True, False), repeat=len(TOGGLES))]
+    valid = [
+        dict(zip(TOGGLES, values, strict=True)) for values in itertools.product((True, False), repeat=len(TOGGLES))
+    ]
     valid = [combo for combo in valid if is_valid(combo)]
 
     def pairs(combo: dict[str, bool]) -> set[tuple[str, bool, str, bool]]:

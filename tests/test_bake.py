@@ -220,3 +220,11 @@ def test_answers_are_recorded_for_cruft(baked: tuple[dict[str, bool], Path]) -> 
     assert context["project_slug"] == "my-service"
     assert {key: context[key] for key in toggles} == toggles
     assert not any(key.startswith("_") for key in context)
+
+
+def test_template_code_is_ruff_clean() -> None:
+    """The template's own hooks and tests hold to the standard they impose."""
+    paths = [str(TEMPLATE_DIR / name) for name in ("hooks", "tests", "benchmarks") if (TEMPLATE_DIR / name).exists()]
+    for cmd in (["ruff", "check", "--no-cache", *paths], ["ruff", "format", "--check", "--no-cache", *paths]):
+        result = subprocess.run(cmd, cwd=TEMPLATE_DIR, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import TEMPLATE_DIR, find_python, require_docker, require_image, unavailable, uv_env
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]

@@ -35,12 +35,8 @@ def uv() -> str:
     return path
 
 
-@pytest.mark.parametrize(
-    ("toggles", "python_version"), FULL, ids=[f"{combo_id(t)}-py{v}" for t, v in FULL]
-)
-def test_generated_project_passes_its_own_checks(
-    bake: Any, toggles: dict[str, bool], python_version: str
-) -> None:
+@pytest.mark.parametrize(("toggles", "python_version"), FULL, ids=[f"{combo_id(t)}-py{v}" for t, v in FULL])
+def test_generated_project_passes_its_own_checks(bake: Any, toggles: dict[str, bool], python_version: str) -> None:
     python = find_python(python_version)
     project: Path = bake(**toggles, python_version=python_version)
     env = uv_env(python)

@@ -28,12 +28,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ALL_OFF, TOGGLES
-from cookiecutter.exceptions import FailedHookException, OutputDirExistsException
+from cookiecutter.exceptions import FailedHookException, UndefinedVariableInTemplate
 from cookiecutter.generate import generate_context
 from cookiecutter.hooks import run_hook_from_repo_dir
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
+
+from conftest import ALL_OFF, TOGGLES
 from helpers import TEMPLATE_DIR
 
 pytestmark = pytest.mark.fast
@@ -244,53 +245,38 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("port-fullwidth-digits", {"port": "\uff18\uff10\uff10\uff10"}, "port", PORT),
     ("port-superscript-digit", {"port": "8²00"}, "port", PORT),
 ]
-LEFT_BEHIND = (
-    "BUG/LIMITATION: cookiecutter creates the project folder (mkdir -p of the rendered slug) before the pre-gen hook "
-    "runs, and on failure removes only the last component: the parent folders stay behind"
+# Rows refused while cookiecutter renders the answers, before it creates the
+# project folder: a slug that is not a folder name must not leave parents behind.
+BEFORE_THE_FOLDER = frozenset(
+    {"slug-traversal", "slug-traversal-deep", "slug-slash", "slug-backslash", "name-substitution-with-slash"}
 )
-TRAILING_NEWLINE = (
-    "BUG: EMAIL_RE / VERSION_RE end in `$`, which also matches before a trailing newline; the bake succeeds and "
-    "pyproject.toml gets a raw newline inside a string (invalid TOML for version)"
-)
-# Rows that the hook's own rules get wrong (fail in validate() and in the bake) ...
-HOOK_BUGS: dict[str, str] = {
-    "email-trailing-newline": TRAILING_NEWLINE,
-    "version-trailing-newline": TRAILING_NEWLINE,
-    "port-arabic-indic-digits": "BUG: _check_port uses str.isdigit(), which accepts any Unicode decimal digit; "
-    "int() then reads 3000, and the project's settings.py gets a non-ASCII number literal (SyntaxError)",
-    "port-fullwidth-digits": "BUG: same as port-arabic-indic-digits",
-    "port-superscript-digit": "BUG: '²'.isdigit() is true but int() raises ValueError, which main() does not catch: "
-    "a traceback instead of the one-line message",
-}
-# ... and rows that validate() refuses correctly but whose bake still leaves folders behind.
-BAKE_BUGS: dict[str, str] = {
-    **HOOK_BUGS,
-    "slug-traversal-deep": LEFT_BEHIND,
-    "slug-slash": LEFT_BEHIND,
-    "name-substitution-with-slash": LEFT_BEHIND,
-}
 
 
-def invalid_params(bugs: Mapping[str, str]) -> list[Any]:
-    """INVALID as pytest params; rows with a known bug are strict xfails (a fix turns them red until unmarked)."""
-    return [
-        pytest.param(
-            *case[1:],
-            id=case[0],
-            marks=[pytest.mark.xfail(strict=True, reason=bugs[case[0]])] if case[0] in bugs else [],
-        )
-        for case in INVALID
-    ]
+def invalid_params() -> list[Any]:
+    return [pytest.param(*case[1:], id=case[0]) for case in INVALID]
 
 
-@pytest.mark.parametrize(("answers", "field", "rule"), invalid_params(BAKE_BUGS))
+@pytest.mark.parametrize(("answers", "field", "rule"), invalid_params())
 def test_invalid_answer_is_refused(
-    cookies: Any, capfd: pytest.CaptureFixture[str], tmp_path: Path, answers: dict[str, Any], field: str, rule: str
+    request: pytest.FixtureRequest,
+    cookies: Any,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    answers: dict[str, Any],
+    field: str,
+    rule: str,
 ) -> None:
     result = cookies.bake(extra_context=answers)
     exit_code, exception = result.exit_code, result.exception
 
     assert exit_code != 0
+    if request.node.callspec.id in BEFORE_THE_FOLDER:
+        assert isinstance(exception, UndefinedVariableInTemplate), repr(exception)
+        assert f"invalid answer for '{field}'" in str(exception.error)
+        assert rule in str(exception.error)
+        assert not (tmp_path / "cookies" / "bake00").exists(), "refused before any folder was made"
+        assert leftovers(tmp_path) == []
+        return
     assert isinstance(exception, FailedHookException), repr(exception)
     err = capfd.readouterr().err
     lines = error_lines(err)
@@ -324,9 +310,9 @@ REFUSED_BEFORE_THE_HOOK: list[tuple[str, dict[str, Any], type[Exception], str]] 
     ("license-gpl", {"license": "GPL-3.0"}, ValueError, "choice variable license"),
     ("license-lowercase-mit", {"license": "mit"}, ValueError, "choice variable license"),
     ("toggle-maybe", {"use_grafana": "maybe"}, ValueError, "could not be converted to a boolean"),
-    ("name-empty", {"project_name": ""}, OutputDirExistsException, "already exists"),
-    ("name-blank", {"project_name": "   "}, OutputDirExistsException, "already exists"),
-    ("slug-empty", {"project_slug": ""}, OutputDirExistsException, "already exists"),
+    ("name-empty", {"project_name": ""}, UndefinedVariableInTemplate, "invalid answer for 'project_slug'"),
+    ("name-blank", {"project_name": "   "}, UndefinedVariableInTemplate, "invalid answer for 'project_slug'"),
+    ("slug-empty", {"project_slug": ""}, UndefinedVariableInTemplate, "invalid answer for 'project_slug'"),
 ]
 
 
@@ -346,7 +332,7 @@ def test_cookiecutter_refuses_before_the_hook(
 
     assert exit_code != 0
     assert type(exception) is error
-    assert message in str(exception)
+    assert message in str(getattr(exception, "error", exception))
     assert error_lines(capfd.readouterr().err) == []  # refused before the hook
     assert leftovers(tmp_path) == []
 
@@ -449,14 +435,6 @@ def test_every_structured_file_parses(bake: Any, answers: dict[str, Any]) -> Non
 OUTSIDE_BMP = "Launch 🚀 day"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tomllib.TOMLDecodeError,
-    reason=(
-        "BUG: the pre-gen hook accepts characters outside the BMP, and `tojson` (ensure_ascii) writes them as "
-        "UTF-16 surrogate escapes (\\ud83d\\ude80), which TOML refuses and Python reads as two lone surrogates"
-    ),
-)
 @pytest.mark.parametrize("field", ["description", "author_name"])
 def test_emoji_works_or_is_refused_clearly(
     cookies: Any, capfd: pytest.CaptureFixture[str], tmp_path: Path, field: str
@@ -543,11 +521,12 @@ def test_validate_refuses(mutation: dict[str, Any], field: str, rule: str) -> No
     assert rule in message
 
 
-@pytest.mark.parametrize(("answers", "field", "rule"), invalid_params(HOOK_BUGS))
+@pytest.mark.parametrize(("answers", "field", "rule"), invalid_params())
 def test_validate_matches_the_baked_refusal(answers: dict[str, Any], field: str, rule: str) -> None:
-    """The same table, straight through validate() on the answers cookiecutter derives."""
+    """The same table, straight through validate(): the hook holds the rules even where
+    cookiecutter refuses first (a given package name skips the folder-name check)."""
     with pytest.raises(pre.InvalidAnswer, match=f"^invalid answer for '{field}': ") as caught:
-        pre.validate(default_answers(**answers))
+        pre.validate(default_answers(**{"package_name": "pkg", **answers}))
     assert rule in str(caught.value)
 
 
@@ -665,10 +644,15 @@ def test_disabled_paths() -> None:
     assert post.disabled_paths(manifest, ANSWERS) == ["off.txt", "off-dir", "any.txt"]
 
 
-@pytest.mark.parametrize("rule", [{"when": ["a"]}, {"when": ["a"], "paths": []}], ids=["missing", "empty"])
-def test_disabled_paths_feature_without_paths(rule: dict[str, Any]) -> None:
-    with pytest.raises(post.ManifestError, match="feature 'bare' owns no paths"):
-        post.disabled_paths({"features": {"bare": rule}}, ANSWERS)
+@pytest.mark.parametrize(
+    "rule",
+    ["  bare:\n    when: [a]\n", "  bare:\n    when: [a]\n    paths: []\n", "  bare:\n", "  bare:\n    paths: [1]\n"],
+    ids=["missing", "empty", "null", "not-text"],
+)
+def test_load_manifest_refuses_a_feature_without_paths(tmp_path: Path, rule: str) -> None:
+    (tmp_path / post.MANIFEST).write_text("features:\n" + rule)
+    with pytest.raises(post.ManifestError, match="feature 'bare' must list the paths it owns"):
+        post.load_manifest(tmp_path)
 
 
 def test_check_paths_exist(tmp_path: Path) -> None:
@@ -796,29 +780,19 @@ BROKEN_MANIFESTS: list[tuple[str, str, dict[str, str], str]] = [
     ("unknown-toggle", FAKE_MANIFEST.replace("[use_extra]", "[use_typo]"), {}, "unknown toggle 'use_typo'"),
     ("no-features", "core: [README.md]\n", {}, "expected a mapping with a 'features' mapping"),
     ("not-yaml", "features: [unclosed\n", {}, "ERROR: "),
-    ("feature-empty-paths", FAKE_MANIFEST + "  bare:\n    when: [use_docs]\n    paths: []\n", {}, "owns no paths"),
-    ("feature-without-paths", FAKE_MANIFEST + "  bare:\n    when: [use_docs]\n", {}, "owns no paths"),
-    ("feature-null", FAKE_MANIFEST + "  bare:\n", {}, "bare"),
+    (
+        "feature-empty-paths",
+        FAKE_MANIFEST + "  bare:\n    when: [use_docs]\n    paths: []\n",
+        {},
+        "must list the paths",
+    ),
+    ("feature-without-paths", FAKE_MANIFEST + "  bare:\n    when: [use_docs]\n", {}, "must list the paths"),
+    ("feature-null", FAKE_MANIFEST + "  bare:\n", {}, "feature 'bare' must list the paths"),
 ]
-MANIFEST_BUGS: dict[str, tuple[type[Exception], str]] = {
-    "feature-without-paths": (
-        KeyError,
-        "BUG: unowned_files() reads rule['paths'] before disabled_paths() checks it: KeyError traceback",
-    ),
-    "feature-null": (
-        AttributeError,
-        "BUG: a feature with no body is None; check_paths_exist() calls None.get(): AttributeError traceback",
-    ),
-}
 
 
 def broken_manifest_params() -> list[Any]:
-    params = []
-    for case_id, *values in BROKEN_MANIFESTS:
-        bug = MANIFEST_BUGS.get(case_id)
-        marks = [pytest.mark.xfail(strict=True, raises=bug[0], reason=bug[1])] if bug else []
-        params.append(pytest.param(*values, id=case_id, marks=marks))
-    return params
+    return [pytest.param(*values, id=case_id) for case_id, *values in BROKEN_MANIFESTS]
 
 
 @pytest.mark.parametrize(("manifest", "extra_files", "message"), broken_manifest_params())

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from helpers import require_executable, require_image, unavailable
 
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from helpers import require_executable
 
 pytestmark = pytest.mark.fast

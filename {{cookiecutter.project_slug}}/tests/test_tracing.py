@@ -1,5 +1,8 @@
 """Traces: spans decoded off the wire from a real OTLP/HTTP receiver."""
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -134,13 +137,50 @@ def test_queued_spans_are_flushed_on_shutdown(
     assert len(receiver.snapshot()) == 5
 
 
-def test_unreachable_backend_does_not_slow_or_fail_requests(start_server: StartServer) -> None:
-    dead_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    server: Server = start_server(tracing_env(dead_endpoint))
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("backend", ["refusing", "black-holed"])
+def test_broken_backend_does_not_slow_or_fail_requests(
+    start_server: StartServer, black_hole: str, backend: str
+) -> None:
+    endpoint = black_hole if backend == "black-holed" else f"http://127.0.0.1:{free_port()}"
+    server: Server = start_server(
+        tracing_env(endpoint, OTEL_BSP_EXPORT_TIMEOUT="2000", OTEL_EXPORTER_OTLP_TIMEOUT="1")
+    )
     started = time.monotonic()
-    for i in range(50):
-        assert httpx.get(f"{server.url}/api/items/{i + 1}").status_code == 200
-    assert time.monotonic() - started < 10
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(300):
+            assert client.get(f"/api/items/{i + 1}").status_code == 200
+    assert time.monotonic() - started < 15
+    time.sleep(2)  # let the exporter fail a few times
     started = time.monotonic()
     assert server.stop() == 0
-    assert time.monotonic() - started < 15, "shutdown waits at most the export timeout"
+    assert time.monotonic() - started < 6, "shutdown waits at most the export timeout"
+    failures = [
+        line for line in server.lines if "export" in line.lower() and "span" in line.lower()
+    ]
+    assert failures, "the export failure is reported"
+    assert len(failures) <= 6, f"export failures are rate-limited, got {len(failures)}"

@@ -20,7 +20,10 @@ LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRI
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="APP_", env_file=".env", extra="ignore")
+    # An empty variable (`APP_DOWNSTREAM_URL=`) means "use the default".
+    model_config = SettingsConfigDict(
+        env_prefix="APP_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
 
     # Identity, as it appears in logs, metrics and traces.
     service_name: str = "{{ cookiecutter.project_slug }}"

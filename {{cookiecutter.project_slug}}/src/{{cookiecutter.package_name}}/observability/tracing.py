@@ -11,12 +11,18 @@ Everything else follows the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT
 parent-based always-on), OTEL_BSP_* for the batch queue, and
 OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME, which win over the settings.
 
-Spans are exported from a background thread through a bounded queue: when
-the collector is down or slow, requests do not wait for it, the oldest spans
-are dropped once the queue is full, and the exporter logs the failure.
+Spans are exported from a background thread through a bounded queue
+(OTEL_BSP_MAX_QUEUE_SIZE, 2048): when the collector is down or slow, requests
+do not wait for it, the oldest spans are dropped once the queue is full, and
+the export failures are logged at most once a minute per kind of message. On
+shutdown the queue is flushed for at most OTEL_BSP_EXPORT_TIMEOUT; what a dead
+collector cannot take by then is dropped rather than holding up the stop.
 """
 
+import logging
 import os
+import threading
+import time
 
 import httpx
 from fastapi.telemetry import TelemetryConfig
@@ -30,10 +36,43 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from ..settings import Settings
 from .context import EXCLUDED_PATHS
 
-# Bounded by the span flush on shutdown; the compose stop grace period is longer.
+# Bounds the span flush on shutdown; the compose stop grace period is longer.
 _DEFAULT_EXPORT_TIMEOUT_MS = "5000"
+# The SDK loggers that report export failures, once per retry of every batch.
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+)
 
 _provider: TracerProvider | None = None
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets one record per message template through per interval, counting the rest."""
+
+    def __init__(self, interval_seconds: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval_seconds
+        self._last: dict[tuple[str, object], float] = {}
+        self._suppressed: dict[tuple[str, object], int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.interval) < self.interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} similar messages suppressed)"
+        return True
+
+
+_rate_limit = RateLimitFilter()
 
 
 def setup_tracing(settings: Settings) -> TracerProvider:
@@ -45,6 +84,10 @@ def setup_tracing(settings: Settings) -> TracerProvider:
     global _provider  # noqa: PLW0603 - one provider per process
     if _provider is None:
         os.environ.setdefault("OTEL_BSP_EXPORT_TIMEOUT", _DEFAULT_EXPORT_TIMEOUT_MS)
+        for name in _EXPORT_LOGGERS:
+            exporter_logger = logging.getLogger(name)
+            if _rate_limit not in exporter_logger.filters:
+                exporter_logger.addFilter(_rate_limit)
         resource = Resource.create(
             {
                 "service.name": settings.service_name,
@@ -81,9 +124,25 @@ def instrument_client(client: httpx.AsyncClient, provider: TracerProvider) -> No
     HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
 
 
+def _export_timeout_seconds() -> float:
+    try:
+        return float(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", _DEFAULT_EXPORT_TIMEOUT_MS)) / 1000
+    except ValueError:
+        return float(_DEFAULT_EXPORT_TIMEOUT_MS) / 1000
+
+
 def shutdown_tracing() -> None:
-    """Flush queued spans (bounded by OTEL_BSP_EXPORT_TIMEOUT) and stop exporting."""
-    global _provider  # noqa: PLW0603
-    if _provider is not None:
-        _provider.shutdown()
-        _provider = None
+    """Flush queued spans, for at most OTEL_BSP_EXPORT_TIMEOUT, and stop exporting."""
+    global _provider
+    if _provider is None:
+        return
+    provider, _provider = _provider, None
+    # The SDK would wait up to 30 s for a collector that does not answer; a
+    # daemon thread lets the stop go ahead once the budget is spent.
+    flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
+    flush.start()
+    flush.join(_export_timeout_seconds())
+    if flush.is_alive():
+        logging.getLogger(__name__).warning(
+            "span export did not finish within OTEL_BSP_EXPORT_TIMEOUT; dropping the rest"
+        )
