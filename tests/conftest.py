@@ -8,20 +8,6 @@ from typing import Any
 
 import pytest
 
-TOGGLES = (
-    "use_json_logging",
-    "use_metrics",
-    "use_tracing",
-    "use_dockerfile",
-    "use_prometheus",
-    "use_alertmanager",
-    "use_grafana",
-    "use_jaeger",
-    "use_loki",
-    "use_github_actions",
-)
-ALL_OFF: dict[str, Any] = dict.fromkeys(TOGGLES, False)
-
 Baker = Callable[..., Path]
 
 

@@ -34,7 +34,7 @@ from cookiecutter.hooks import run_hook_from_repo_dir
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
 
-from conftest import ALL_OFF, TOGGLES
+from combinations import ALL_OFF, TOGGLES
 from helpers import TEMPLATE_DIR
 
 pytestmark = pytest.mark.fast

@@ -48,6 +48,8 @@ def test_red_metrics_use_route_templates(start_server: StartServer) -> None:
     assert build.value == 1
     assert build.labels["version"]
     assert samples(text, "process_resident_memory_bytes")
+    (lag,) = samples(text, "app_event_loop_lag_seconds")
+    assert 0 <= lag.value < 1
     assert samples(text, "python_gc_objects_collected_total")
 
 

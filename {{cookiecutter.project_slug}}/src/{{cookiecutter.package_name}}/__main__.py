@@ -8,6 +8,7 @@ preloaded in the parent.
 
 {% if cookiecutter.use_metrics -%}
 import os
+import shutil
 {% endif -%}
 import signal
 import sys
@@ -83,9 +84,22 @@ class MultiWorkerServer(BaseApplication):
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from .observability.metrics import mark_worker_dead  # noqa: PLC0415
+    # Drop the dead worker's live gauges; its counters stay in the totals.
+    from prometheus_client.multiprocess import mark_process_dead  # noqa: PLC0415
 
-    mark_worker_dead(worker.pid)
+    mark_process_dead(worker.pid)
+
+
+def _prepare_multiprocess_dir() -> None:
+    """Point prometheus_client at an empty directory before any worker starts.
+
+    The variable must be set before prometheus_client is imported (it picks its
+    storage then), and stale files from an earlier run would be merged in.
+    The parent process never imports the metrics module: it creates no samples.
+    """
+    path = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
 {%- endif %}
 
 
@@ -119,11 +133,7 @@ def main() -> None:
     configure_logging(settings)
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
-    # Set before any worker imports prometheus_client: it picks its storage at import.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR)
-    from .observability.metrics import prepare_multiprocess_dir  # noqa: PLC0415
-
-    prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    _prepare_multiprocess_dir()
 {%- endif %}
     MultiWorkerServer(settings).run()
 

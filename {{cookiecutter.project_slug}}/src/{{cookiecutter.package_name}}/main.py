@@ -13,7 +13,12 @@ from .observability.context import RequestContextMiddleware, RouteResolver
 from .observability.logging import configure_logging, flush_logs, log_request
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
-from .observability.metrics import request_finished, request_started, setup_metrics
+from .observability.metrics import (
+    event_loop_monitor,
+    request_finished,
+    request_started,
+    setup_metrics,
+)
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
 from .observability.tracing import (
@@ -37,7 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client:
+        async with (
+{%- if cookiecutter.use_metrics %}
+            event_loop_monitor(),
+{%- endif %}
+            httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client,
+        ):
 {%- if cookiecutter.use_tracing %}
             instrument_client(client, tracer_provider)
 {%- endif %}

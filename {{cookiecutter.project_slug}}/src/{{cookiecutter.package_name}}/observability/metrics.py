@@ -5,6 +5,8 @@
   exemplar carrying the trace_id of sampled requests.
 - `http_server_active_requests{http_request_method}`: requests in flight.
 - `app_build_info{version, commit, python_version}`: always 1.
+- `app_event_loop_lag_seconds`: how late the event loop runs a timer; a
+  blocking call in async code shows up here before it shows up as latency.
 
 Labels stay bounded: routes are templates (`/items/{item_id}`), unmatched
 paths are `__unmatched__`, unknown methods are `_OTHER`, and probes and
@@ -16,15 +18,16 @@ no exemplars and no process or GC metrics (the client library cannot merge
 them): prefer one worker per container and scale with replicas.
 """
 
+import asyncio
 import os
 import platform
-import shutil
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..settings import Settings
 from .context import RequestInfo
@@ -52,6 +55,13 @@ BUILD_INFO = Gauge(
     multiprocess_mode="max",
 )
 
+EVENT_LOOP_LAG = Gauge(
+    "app_event_loop_lag_seconds",
+    "How late the event loop ran a timer at the last check, in seconds.",
+    multiprocess_mode="livemax",
+)
+EVENT_LOOP_CHECK_SECONDS = 0.5
+
 # Label lookups take a lock; caching the children keeps the request path to a dict get.
 _duration_children: dict[tuple[str, str, int], Histogram] = {}
 _active_children: dict[str, Gauge] = {}
@@ -59,23 +69,6 @@ _active_children: dict[str, Gauge] = {}
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
-
-
-def prepare_multiprocess_dir(path: str) -> None:
-    """Empty the directory before workers start, so no stale samples are merged.
-
-    Must run in the parent process, before any worker imports this module.
-    """
-    directory = Path(path)
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-
-
-def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges; its counters stay in the totals."""
-    if multiprocess_enabled():
-        mark_process_dead(pid)
 
 
 def request_started(method: str) -> None:
@@ -97,6 +90,26 @@ def request_finished(info: RequestInfo) -> None:
         histogram.observe(info.duration, exemplar={"trace_id": info.trace_id})
     else:
         histogram.observe(info.duration)
+
+
+async def _measure_event_loop_lag(interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + interval
+        await asyncio.sleep(interval)
+        EVENT_LOOP_LAG.set(max(0.0, loop.time() - expected))
+
+
+@asynccontextmanager
+async def event_loop_monitor(interval: float = EVENT_LOOP_CHECK_SECONDS) -> AsyncIterator[None]:
+    """Measure event-loop lag while the app runs (enter it in the lifespan)."""
+    task = asyncio.create_task(_measure_event_loop_lag(interval), name="event-loop-lag")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 def _scrape_registry() -> CollectorRegistry:
