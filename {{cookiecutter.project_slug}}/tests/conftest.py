@@ -39,7 +39,9 @@ def free_port() -> int:
 class Server:
     """`python -m {{ cookiecutter.package_name }}` on a free port, its stdout collected line by line."""
 
-    def __init__(self, env: dict[str, str], *, module: list[str] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, module: list[str] | None = None, read_output: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {
@@ -64,6 +66,11 @@ class Server:
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
+        if read_output:
+            self._reader.start()
+
+    def start_reading(self) -> None:
+        """Begin collecting stdout (for a server started with read_output=False)."""
         self._reader.start()
 
     def _read(self) -> None:
@@ -87,13 +94,18 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
         code = self.process.wait(timeout)
-        self._reader.join(timeout=5)
+        if self._reader.is_alive():
+            self._reader.join(timeout=5)
         return code
 
 
 class StartServer(Protocol):
     def __call__(
-        self, env: dict[str, str] | None = None, *, module: list[str] | None = None
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        module: list[str] | None = None,
+        read_output: bool = True,
     ) -> Server: ...
 
 
@@ -102,8 +114,13 @@ def start_server() -> Iterator[StartServer]:
     """start_server(env) -> a ready Server; killed at the end of the test if still running."""
     servers: list[Server] = []
 
-    def start(env: dict[str, str] | None = None, *, module: list[str] | None = None) -> Server:
-        server = Server(env or {}, module=module)
+    def start(
+        env: dict[str, str] | None = None,
+        *,
+        module: list[str] | None = None,
+        read_output: bool = True,
+    ) -> Server:
+        server = Server(env or {}, module=module, read_output=read_output)
         servers.append(server)
         server.wait_ready()
         return server

@@ -152,3 +152,25 @@ def test_blocked_stdout_drops_lines_and_reports_the_count() -> None:
     assert kept <= 200
     assert kept + warning["dropped_lines"] == 1000
     print(f"kept {len(lines) - 1} lines, dropped {warning['dropped_lines']}", file=sys.stderr)
+
+
+def test_a_stalled_stdout_does_not_stall_requests(start_server: StartServer) -> None:
+    """Nobody reads the server's stdout: the pipe fills, requests keep flowing."""
+    server = start_server({**JSON_ENV, "APP_LOG_BUFFER_LINES": "200"}, read_output=False)
+    started = time.monotonic()
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(3000):  # ~1.5 MB of access lines, far beyond a 64 KiB pipe
+            assert (
+                client.get(f"/api/items/{i + 1}", headers={"User-Agent": "x" * 300}).status_code
+                == 200
+            )
+    assert time.monotonic() - started < 60
+    server.start_reading()
+    assert server.stop() == 0
+    records = parse_lines(server.lines)
+    dropped = [r for r in records if "dropped_lines" in r]
+    assert dropped, "the drop is reported once stdout drains"
+    assert (
+        sum(r["dropped_lines"] for r in dropped) + sum(r.get("logger") == "access" for r in records)
+        == 3000
+    )
