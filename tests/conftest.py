@@ -36,3 +36,18 @@ def bake_once(cookies_session: Any) -> Baker:
         return cache[key]
 
     return bake
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures tests record (image size, ...), which xdist would otherwise hide."""
+    lines = [
+        f"{report.nodeid}: {name} = {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+    ]
+    if lines:
+        terminalreporter.section("recorded figures")
+        for line in lines:
+            terminalreporter.line(line)
