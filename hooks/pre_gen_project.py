@@ -35,9 +35,10 @@ TOGGLES = (
     "use_grafana",
     "use_jaeger",
     "use_loki",
+    "use_cadvisor",
     "use_github_actions",
 )
-STACK_SERVICES = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki")
+STACK_SERVICES = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki", "use_cadvisor")
 # Names a generated package must not shadow, beyond the standard library.
 RESERVED_PACKAGES = frozenset(
     {
@@ -66,6 +67,7 @@ REQUIRES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("use_alertmanager", ("use_prometheus",), "Alertmanager only receives the alerts Prometheus evaluates"),
     ("use_jaeger", ("use_tracing",), "Jaeger only receives the spans the service exports"),
     ("use_loki", ("use_json_logging",), "the log shipper parses the service's JSON log lines"),
+    ("use_cadvisor", ("use_prometheus",), "cAdvisor's container metrics are only scraped by Prometheus"),
 )
 # (toggle, at least one of these, why)
 REQUIRES_ANY: tuple[tuple[str, tuple[str, ...], str], ...] = (

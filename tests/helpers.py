@@ -7,15 +7,21 @@ untested tier.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 REQUIRE_ALL_TIERS = os.environ.get("REQUIRE_ALL_TIERS") == "1"
+# In CI the template is a fresh clone with ../shared beside it.
+SHARED_TOOLS = TEMPLATE_DIR.parent / "shared" / "tools"
+UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.8"
 
 
 def unavailable(reason: str) -> None:
@@ -84,3 +90,77 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
     if result.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}) in {cwd}:\n{result.stdout}\n{result.stderr}")
     return result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- docker (docker and stack tiers)
+
+
+def _docker_cli() -> str:
+    # Debian's client drives BuildKit without buildx; a newer client may not.
+    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+
+
+DOCKER = _docker_cli()
+
+
+def docker_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"}}
+    env["DOCKER_BUILDKIT"] = "1"
+    env.update(extra)
+    return env
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False, env=docker_env()
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"docker {' '.join(args[:3])} ... failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def lock_project(project: Path, python_version: str) -> None:
+    """`uv lock`, as the generated Makefile does: a fresh bake has no uv.lock."""
+    if (project / "uv.lock").exists():
+        return
+    uv = shutil.which("uv")
+    if uv is None:
+        unavailable("'uv' is not on PATH")
+    assert uv is not None
+    result = subprocess.run(
+        [uv, "lock"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=uv_env(find_python(python_version)),
+    )
+    assert result.returncode == 0, f"uv lock failed:\n{result.stderr[-3000:]}"
+
+
+def build_standins(file: Path) -> None:
+    """Stand-ins for the images a Dockerfile or a resolved compose file names (nothing can be pulled here)."""
+    script = SHARED_TOOLS / "standins.sh"
+    if not script.exists():
+        unavailable(f"{script} is missing: cannot provide base images without a registry")
+    # One build at a time across xdist workers: the script shares its rootfs cache.
+    with open(Path(tempfile.gettempdir()) / "template-standins.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            ["bash", str(script), str(file)], capture_output=True, text=True, timeout=600, check=False
+        )
+    if result.returncode != 0:
+        unavailable(f"stand-in base images could not be built:\n{result.stderr[-2000:]}")
+
+
+def build_app_image(project: Path, python_version: str, tag: str, build_args: dict[str, str]) -> float:
+    """Lock a baked project, provide its base images and build its Dockerfile as is; returns the build time."""
+    lock_project(project, python_version)
+    build_standins(project / "Dockerfile")
+    require_image(f"python:{python_version}-slim")
+    require_image(UV_IMAGE)
+    args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
+    started = time.monotonic()
+    docker("build", "--pull=false", "-t", tag, *args, str(project), timeout=900)
+    return time.monotonic() - started

@@ -67,6 +67,7 @@ COMPOSE_SERVICES = {
     "use_grafana": {"grafana"},
     "use_jaeger": {"jaeger"},
     "use_loki": {"loki", "alloy"},
+    "use_cadvisor": {"cadvisor"},
 }
 
 

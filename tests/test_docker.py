@@ -13,18 +13,15 @@ so that a refused connection is told apart from a request lost in flight.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import http.server
 import ipaddress
 import json
-import os
 import re
 import shutil
 import socketserver
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -37,12 +34,13 @@ from typing import Any
 
 import pytest
 
-from helpers import TEMPLATE_DIR, find_python, require_docker, require_image, unavailable, uv_env
+from helpers import DOCKER, build_app_image, docker, require_docker
+from helpers import build_standins as _build_standins
+from helpers import docker_env as _env
+from helpers import lock_project as _lock
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 
-SHARED_TOOLS = TEMPLATE_DIR.parent / "shared" / "tools"
-UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.8"
 APP_UID = "10001"
 # Longer than the service's own graceful timeout, like compose's stop_grace_period.
 GRACE_SECONDS = 30.0
@@ -61,62 +59,6 @@ TELEMETRY_OFF: dict[str, Any] = {
     "use_dockerfile": True,
 }
 BAKES: dict[str, dict[str, Any]] = {"default": {}, "telemetry-off": TELEMETRY_OFF}
-
-
-def _docker_cli() -> str:
-    # Debian's client drives BuildKit without buildx; a newer client may not.
-    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
-
-
-DOCKER = _docker_cli()
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False, env=_env())
-    if check and result.returncode != 0:
-        pytest.fail(f"docker {' '.join(args[:3])} ... failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"}}
-    env["DOCKER_BUILDKIT"] = "1"
-    env.update(extra)
-    return env
-
-
-def _lock(project: Path, python_version: str) -> None:
-    """`uv lock`, as the generated Makefile does: a fresh bake has no uv.lock."""
-    if (project / "uv.lock").exists():
-        return
-    uv = shutil.which("uv")
-    if uv is None:
-        unavailable("'uv' is not on PATH")
-    assert uv is not None
-    result = subprocess.run(
-        [uv, "lock"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=uv_env(find_python(python_version)),
-    )
-    assert result.returncode == 0, f"uv lock failed:\n{result.stderr[-3000:]}"
-
-
-def _build_standins(dockerfile: Path) -> None:
-    script = SHARED_TOOLS / "standins.sh"
-    if not script.exists():
-        unavailable(f"{script} is missing: cannot provide base images without a registry")
-    # One build at a time across xdist workers: the script shares its rootfs cache.
-    with open(Path(tempfile.gettempdir()) / "template-standins.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        result = subprocess.run(
-            ["bash", str(script), str(dockerfile)], capture_output=True, text=True, timeout=600, check=False
-        )
-    if result.returncode != 0:
-        unavailable(f"stand-in base images could not be built:\n{result.stderr[-2000:]}")
 
 
 @dataclass
@@ -150,10 +92,6 @@ def image(request: pytest.FixtureRequest, bake_once: Any, tmp_path_factory: pyte
     shutil.copytree(bake_once(**answers), project)
     python_version = str(answers.get("python_version", "3.13"))
     base = f"python:{python_version}-slim"
-    _lock(project, python_version)
-    _build_standins(project / "Dockerfile")
-    require_image(base)
-    require_image(UV_IMAGE)
 
     tag = f"tmpl-test-{request.param}-{uuid.uuid4().hex[:8]}:test"
     labels = {
@@ -162,10 +100,8 @@ def image(request: pytest.FixtureRequest, bake_once: Any, tmp_path_factory: pyte
         "CREATED": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "SOURCE": "https://example.invalid/acme/my-service",
     }
-    build_args = [arg for key, value in labels.items() for arg in ("--build-arg", f"{key}={value}")]
-    started = time.monotonic()
-    docker("build", "--pull=false", "-t", tag, *build_args, str(project), timeout=900)
-    print(f"[{request.param}] image built in {time.monotonic() - started:.1f} s")
+    elapsed = build_app_image(project, python_version, tag, labels)
+    print(f"[{request.param}] image built in {elapsed:.1f} s")
     try:
         yield Image(request.param, {**answers}, project, tag, base, labels)
     finally:

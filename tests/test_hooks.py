@@ -224,6 +224,13 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("alertmanager-without-prometheus", {"use_prometheus": False}, "use_alertmanager", "needs use_prometheus"),
     ("jaeger-without-tracing", {"use_tracing": False}, "use_jaeger", "needs use_tracing"),
     ("loki-without-json-logging", {"use_json_logging": False}, "use_loki", "needs use_json_logging"),
+    ("cadvisor-without-prometheus", {**NO_STACK, "use_cadvisor": True}, "use_cadvisor", "needs use_prometheus"),
+    (
+        "cadvisor-without-dockerfile",
+        {**NO_STACK, "use_dockerfile": False, "use_cadvisor": True},
+        "use_cadvisor",
+        "needs use_dockerfile",
+    ),
     (
         "grafana-without-data-source",
         {**NO_STACK, "use_grafana": True},

@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import require_executable, require_image, unavailable
+from helpers import TEMPLATE_DIR, require_executable, require_image, unavailable
 
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.33.1"
-BACKENDS = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki")
+BACKENDS = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki", "use_cadvisor")
 NO_STACK = dict.fromkeys(BACKENDS, False)
+# The template's own defaults (use_cadvisor is off unless asked for).
+DEFAULTS: dict[str, Any] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text(encoding="utf-8"))
 
 # name -> answers (on top of the template's defaults)
 COMBOS: dict[str, dict[str, bool]] = {
@@ -38,10 +40,22 @@ COMBOS: dict[str, dict[str, bool]] = {
     "grafana-loki": {**NO_STACK, "use_grafana": True, "use_loki": True},
     "grafana-jaeger": {**NO_STACK, "use_grafana": True, "use_jaeger": True},
     "no-grafana": {"use_grafana": False},
+    "cadvisor": {"use_cadvisor": True},
+    "prometheus-cadvisor": {**NO_STACK, "use_prometheus": True, "use_cadvisor": True},
+    "loki-alone": {**NO_STACK, "use_loki": True},
 }
-PROMETHEUS_COMBOS = ["everything", "prometheus", "prometheus-alertmanager", "grafana-prometheus", "no-grafana"]
-ALERTMANAGER_COMBOS = ["everything", "prometheus-alertmanager", "no-grafana"]
-GRAFANA_COMBOS = ["everything", "grafana-prometheus", "grafana-loki", "grafana-jaeger"]
+PROMETHEUS_COMBOS = [
+    "everything",
+    "prometheus",
+    "prometheus-alertmanager",
+    "grafana-prometheus",
+    "no-grafana",
+    "cadvisor",
+    "prometheus-cadvisor",
+]
+ALERTMANAGER_COMBOS = ["everything", "prometheus-alertmanager", "no-grafana", "cadvisor"]
+GRAFANA_COMBOS = ["everything", "grafana-prometheus", "grafana-loki", "grafana-jaeger", "cadvisor"]
+LOKI_COMBOS = ["everything", "grafana-loki", "no-grafana", "loki-alone"]
 
 # compose service -> toggle
 SERVICES = {
@@ -51,10 +65,13 @@ SERVICES = {
     "jaeger": "use_jaeger",
     "loki": "use_loki",
     "alloy": "use_loki",
+    "cadvisor": "use_cadvisor",
 }
 
 # Bind mounts of configuration per service.
-CONFIG_MOUNTS = {"prometheus": 1, "alertmanager": 1, "grafana": 2, "jaeger": 1, "loki": 1, "alloy": 1}
+CONFIG_MOUNTS = {"prometheus": 1, "alertmanager": 1, "grafana": 2, "jaeger": 1, "loki": 2, "alloy": 1, "cadvisor": 0}
+# Host paths a service may mount (read-only): cAdvisor reads the host's cgroups and Docker's state.
+HOST_MOUNTS = {"cadvisor": {"/", "/var/run", "/sys", "/var/lib/docker", "/dev/disk"}}
 
 # What the service exports (contract), plus Prometheus' own synthetic series.
 APP_METRICS = {
@@ -73,8 +90,21 @@ APP_METRICS = {
     "python_gc_objects_collected_total",
     "python_gc_objects_uncollectable_total",
     "python_info",
+    "app_event_loop_lag_seconds",
 }
 PROMETHEUS_SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+# Recording rules of rules/resources.yml, usable like exported metrics.
+RECORDED = {"app:memory_limit_bytes"}
+# cAdvisor's metrics and labels used by the container rules and dashboard; compose_project and
+# compose_service are renamed from its container labels by the scrape job.
+CADVISOR_METRICS = {
+    "container_cpu_usage_seconds_total",
+    "container_memory_working_set_bytes",
+    "container_spec_memory_limit_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_transmit_bytes_total",
+}
+CADVISOR_LABELS = {"compose_project", "compose_service", "name", "id", "image"}
 ALLOWED_LABELS = {
     # the service's own labels
     "http_request_method",
@@ -97,6 +127,33 @@ ALLOWED_LABELS = {
 # Loki labels set by Alloy, and the structured metadata / JSON fields used.
 LOKI_LABELS = {"service_name", "container", "stream", "level"}
 LOKI_FIELDS = {"trace_id", "span_id", "logger", "status", "duration_ms"} | LOKI_LABELS
+# Keys of the service's JSON log lines (contract), which `| json` can extract.
+LOG_KEYS = {
+    "timestamp",
+    "level",
+    "message",
+    "logger",
+    "module",
+    "function",
+    "line",
+    "service_name",
+    "service_version",
+    "deployment_environment",
+    "trace_id",
+    "span_id",
+    "request_id",
+    "exception_type",
+    "exception_message",
+    "exception_stacktrace",
+    "method",
+    "route",
+    "path",
+    "status",
+    "duration_ms",
+    "client",
+    "user_agent",
+}
+LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 PROMQL_KEYWORDS = {
     "by",
     "without",
@@ -116,7 +173,7 @@ SEVERITIES = {"critical", "warning", "info"}
 
 
 def _on(answers: dict[str, bool], toggle: str) -> bool:
-    return answers.get(toggle, True)
+    return answers.get(toggle, DEFAULTS[toggle])
 
 
 def _answers(name: str) -> dict[str, Any]:
@@ -229,6 +286,8 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     assert "python" in app["healthcheck"]["test"] and "/health" in " ".join(app["healthcheck"]["test"])
     grace = app["stop_grace_period"]
     assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 10
+    # The limit the memory alerts compare against (512 MiB, app:memory_limit_bytes).
+    assert int(app["mem_limit"]) == 512 * 1024 * 1024
     answers = _answers(combo)
     if _on(answers, "use_jaeger"):
         assert app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
@@ -245,6 +304,17 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
         assert "labels" not in app
     if _on(answers, "use_prometheus"):
         assert "--enable-feature=exemplar-storage" in config["services"]["prometheus"]["command"]
+    if _on(answers, "use_cadvisor"):
+        cadvisor = config["services"]["cadvisor"]
+        assert cadvisor["profiles"] == ["cadvisor"]
+        assert not cadvisor.get("ports"), "cAdvisor is scraped on the compose network, not published"
+        assert "/healthz" in " ".join(cadvisor["healthcheck"]["test"])
+        assert (
+            "--whitelisted_container_labels=com.docker.compose.project,com.docker.compose.service"
+            in (cadvisor["command"])
+        )
+        assert {v["source"] for v in cadvisor["volumes"]} == HOST_MOUNTS["cadvisor"]
+        assert all(v["read_only"] for v in cadvisor["volumes"])
 
 
 @pytest.mark.fast
@@ -282,6 +352,9 @@ def test_every_mounted_file_exists(baked: Any, combo: str) -> None:
         for volume in service.get("volumes", []):
             if volume["type"] != "bind" or volume["source"] == "/var/run/docker.sock":
                 continue
+            if volume["source"] in HOST_MOUNTS.get(name, set()):
+                assert volume.get("read_only"), f"{name}: host path {volume['source']} must be read-only"
+                continue
             source = Path(volume["source"])
             assert source.is_relative_to(project), f"{name}: bind mount outside the project: {source}"
             assert source.exists(), f"{name}: mounts {source.relative_to(project)}, which does not exist"
@@ -313,9 +386,11 @@ def test_disabled_backends_leave_nothing_behind(baked: Any, combo: str) -> None:
         "use_grafana": ["grafana"],
         "use_jaeger": ["jaeger"],
         "use_loki": ["loki", "alloy"],
+        "use_cadvisor": ["cadvisor"],
     }
     for toggle, words in names.items():
-        folders = [project / "observability" / w for w in words]
+        # cAdvisor has no configuration folder: a scrape job, rules and a dashboard.
+        folders = [project / "observability" / w for w in words if w != "cadvisor"]
         if _on(answers, toggle):
             assert all(f.is_dir() for f in folders)
             continue
@@ -388,14 +463,35 @@ def test_prometheus_scrapes_what_is_enabled(baked: Any, combo: str) -> None:
         assert am["dns_sd_configs"][0]["names"] == ["alertmanager"]
     else:
         assert "alerting" not in config
+    if _on(answers, "use_cadvisor"):
+        cadvisor = jobs["cadvisor"]
+        assert cadvisor["dns_sd_configs"][0]["names"] == ["cadvisor"] and cadvisor["dns_sd_configs"][0]["port"] == 8080
+        relabels = cadvisor["metric_relabel_configs"]
+        keep = [r for r in relabels if r.get("action") == "keep"]
+        assert keep == [
+            {"source_labels": ["container_label_com_docker_compose_project"], "regex": ".+", "action": "keep"}
+        ]
+        renamed = {r["target_label"]: r["source_labels"] for r in relabels if "target_label" in r}
+        assert renamed == {
+            "compose_project": ["container_label_com_docker_compose_project"],
+            "compose_service": ["container_label_com_docker_compose_service"],
+        }
+        # The labels the container rules and dashboard use are exactly the renamed ones.
+        assert set(renamed) <= CADVISOR_LABELS
 
 
-def _rules(project: Path) -> list[dict[str, Any]]:
+def _rules(project: Path, folder: str = "observability/prometheus/rules") -> list[dict[str, Any]]:
     rules = []
-    for file in sorted((project / "observability/prometheus/rules").glob("*.yml")):
+    for file in sorted((project / folder).glob("*.yml")):
         for group in _yaml(file)["groups"]:
-            rules += group["rules"]
+            rules += [{**rule, "_file": file.name} for rule in group["rules"]]
     return rules
+
+
+def _check_rule_promql(rule: dict[str, Any], where: str) -> set[str]:
+    if rule["_file"] == "containers.yml":
+        return _check_promql(rule["expr"], where, CADVISOR_METRICS, CADVISOR_LABELS)
+    return _check_promql(rule["expr"], where)
 
 
 def _github_anchors(markdown: str) -> set[str]:
@@ -412,7 +508,13 @@ def test_every_alert_is_documented_and_points_to_its_runbook(baked: Any, combo: 
     project = baked(combo)
     rules = _rules(project)
     alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
-    assert {"ServiceDown", "ScrapeFailing", "HighErrorRatio", "HighLatencyP95"} <= set(alerts)
+    expected = {"ServiceDown", "ScrapeFailing", "HighErrorRatio", "HighLatencyP95"}
+    expected |= {"HighMemoryUsage", "HighCpuUsage", "EventLoopLag"}
+    if _on(_answers(combo), "use_cadvisor"):
+        expected.add("ContainerMemoryNearLimit")
+    assert set(alerts) == expected
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    assert recorded == RECORDED
     anchors = _github_anchors((project / "docs/monitoring.md").read_text(encoding="utf-8"))
     for name, rule in alerts.items():
         annotations = rule["annotations"]
@@ -422,7 +524,21 @@ def test_every_alert_is_documented_and_points_to_its_runbook(baked: Any, combo: 
         path, _, anchor = url.partition("#")
         assert (project / path).is_file(), f"{name}: runbook {path} does not exist"
         assert anchor == name.lower() and anchor in anchors, f"{name}: no section #{anchor} in {path}"
-        _check_promql(rule["expr"], f"rule {name}")
+        _check_rule_promql(rule, f"rule {name}")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", PROMETHEUS_COMBOS)
+def test_memory_limit_knob_matches_the_app_container(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    (limit,) = [rule for rule in _rules(project) if rule.get("record") == "app:memory_limit_bytes"]
+    assert limit["expr"].strip() == f"vector({512 * 1024 * 1024})"
+    assert limit["labels"] == {"service": "my-service"}
+    compose = (project / "compose.yaml").read_text(encoding="utf-8")
+    assert re.search(r"^    mem_limit: 512m$", compose, re.M)
+    # The HighMemoryUsage expression really divides by the knob.
+    (memory,) = [rule for rule in _rules(project) if rule.get("alert") == "HighMemoryUsage"]
+    assert "app:memory_limit_bytes" in memory["expr"] and "process_resident_memory_bytes" in memory["expr"]
 
 
 @pytest.mark.fast
@@ -512,6 +628,8 @@ def test_grafana_dashboards_follow_their_data_sources(baked: Any, combo: str) ->
         expected.add("service-overview.json")
     if _on(answers, "use_loki"):
         expected.add("service-logs.json")
+    if _on(answers, "use_cadvisor"):
+        expected.add("container-resources.json")
     assert set(dashboards) == expected
     uids = {source["uid"] for source in _datasources(project)}
     provider = _yaml(project / "observability/grafana/provisioning/dashboards/dashboards.yaml")
@@ -548,14 +666,38 @@ def test_dashboards_are_copied_raw_and_use_only_exported_metrics(baked: Any) -> 
         "process_resident_memory_bytes",
         "process_open_fds",
         "python_gc_collections_total",
+        "python_gc_objects_collected_total",
+        "app_event_loop_lag_seconds",
     ):
         assert needed in metrics
+    # Resource panels are per instance.
+    for panel in overview["panels"]:
+        if panel["title"] in {"CPU", "Resident memory", "Open file descriptors", "GC collections", "Event-loop lag"}:
+            expr = panel["targets"][0]["expr"]
+            assert 'instance=~"$instance"' in expr and "{{instance}}" in panel["targets"][0]["legendFormat"], panel
     assert any(value is True for key, value in _walk(overview) if key == "exemplar")
     # Grafana's own {{...}} survived: the files were not rendered.
     assert "{{http_route}}" in json.dumps(overview)
 
     for expr in (value for key, value in _walk(dashboards["service-logs.json"]) if key == "expr"):
         _check_logql(expr)
+
+
+@pytest.mark.fast
+def test_container_dashboard_uses_only_cadvisor_metrics(baked: Any) -> None:
+    project = baked("cadvisor")
+    dashboard = _dashboards(project)["container-resources.json"]
+    exprs = [value for key, value in _walk(dashboard) if key == "expr"]
+    assert len(exprs) >= 5
+    metrics = set()
+    for expr in exprs:
+        metrics |= _check_promql(expr, "container-resources.json", CADVISOR_METRICS, CADVISOR_LABELS)
+    assert metrics == CADVISOR_METRICS
+    for expr in exprs:
+        assert 'job="cadvisor"' in expr and 'compose_project="$project"' in expr, expr
+    assert "service-stack" in dashboard["tags"]
+    # Off by default: neither the dashboard nor anything else of cAdvisor.
+    assert "container-resources.json" not in _dashboards(baked("everything"))
 
 
 # --------------------------------------------------------------------------- loki, alloy, jaeger
@@ -713,8 +855,15 @@ def test_amtool_accepts_the_config_and_its_commented_examples(baked: Any, combo:
 # --------------------------------------------------------------------------- query checks
 
 
-def _check_promql(expr: str, where: str) -> set[str]:
-    """Return the metric names of a PromQL expression; fail on unknown metrics or labels."""
+def _check_promql(
+    expr: str,
+    where: str,
+    extra_metrics: frozenset[str] | set[str] = frozenset(),
+    extra_labels: frozenset[str] | set[str] = frozenset(),
+) -> set[str]:
+    """Return the metric names of a PromQL expression; fail on unknown metrics or labels.
+
+    `extra_metrics` / `extra_labels`: what an optional exporter (cAdvisor) adds, for its own rules and panels."""
     text = re.sub(r"\$\{?__\w+\}?", "5m", expr)  # Grafana's $__rate_interval and friends
     text = re.sub(r"\$\{?\w+\}?", "x", text)  # dashboard variables
     labels: set[str] = set()
@@ -737,9 +886,9 @@ def _check_promql(expr: str, where: str) -> set[str]:
         if re.fullmatch(r"\d.*|e\d+", name):
             continue
         metrics.add(name)
-    unknown = metrics - APP_METRICS - PROMETHEUS_SYNTHETIC
+    unknown = metrics - APP_METRICS - PROMETHEUS_SYNTHETIC - RECORDED - set(extra_metrics)
     assert not unknown, f"{where}: metrics the service does not export: {unknown} in {expr!r}"
-    bad_labels = labels - ALLOWED_LABELS
+    bad_labels = labels - ALLOWED_LABELS - set(extra_labels)
     assert not bad_labels, f"{where}: labels the service does not have: {bad_labels} in {expr!r}"
     return metrics
 
@@ -756,3 +905,306 @@ def _check_logql(expr: str) -> None:
     assert filters <= LOKI_FIELDS, f"filters on fields the logs do not have: {filters - LOKI_FIELDS} in {expr!r}"
     by = re.findall(r"\bby\s*\(([^)]*)\)", text)
     assert {b.strip() for group in by for b in group.split(",")} <= LOKI_LABELS
+
+
+# --------------------------------------------------------------------------- log-based alerts (Loki ruler)
+
+LOGQL_FUNCTIONS = {"sum", "count_over_time", "rate", "bytes_over_time", "max", "min", "avg"}
+
+
+def _check_logql_rule(expr: str, where: str) -> set[str]:
+    """Check a LogQL alert expression; return the names it extracts with `| json`."""
+    text = " ".join(expr.split())
+    assert text.count("(") == text.count(")"), f"{where}: unbalanced parentheses in {expr!r}"
+    no_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    selectors = re.findall(r"\{([^{}]*)\}", text)
+    assert selectors, f"{where}: no stream selector in {expr!r}"
+    for body in selectors:
+        matchers = re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', body)
+        assert matchers and len(matchers) == body.count(",") + 1, f"{where}: unreadable selector {body!r}"
+        names = {name for name, _, _ in matchers}
+        assert names <= LOKI_LABELS, f"{where}: selector uses labels Alloy does not set: {names - LOKI_LABELS}"
+        for name, op, value in matchers:
+            if name == "service_name":
+                assert (op, value) == ("=", "app"), f"{where}: the compose service is app"
+            if name == "level":
+                assert set(value.split("|")) <= LOG_LEVELS, f"{where}: levels the service never writes: {value}"
+    ranges = re.findall(r"\[([^\]]*)\]", text)
+    assert ranges and all(re.fullmatch(r"\d+[smh]", r) for r in ranges), f"{where}: range {ranges}"
+    extracted = {}
+    for params in re.findall(r"\|\s*json\b((?:\s*\w+\s*=\s*\"[^\"]*\"\s*,?)*)", text):
+        for label, path in re.findall(r'(\w+)\s*=\s*"([^"]*)"', params):
+            assert path in LOG_KEYS, f"{where}: the log lines have no field {path!r}"
+            extracted[label] = path
+    after_selector = no_strings.split("}", 1)[1]
+    filters = set(re.findall(r"\|\s*(\w+)\s*(?:=~|!~|!=|>=|<=|==|=|>|<)", after_selector))
+    assert filters <= LOKI_LABELS | set(extracted), f"{where}: filters on unknown fields {filters}"
+    functions = set(re.findall(r"(\w+)\s*(?:by\s*\([^)]*\)\s*)?\(", no_strings))
+    assert functions <= LOGQL_FUNCTIONS, f"{where}: unknown functions {functions - LOGQL_FUNCTIONS}"
+    by = {b.strip() for group in re.findall(r"\bby\s*\(([^)]*)\)", text) for b in group.split(",")}
+    assert by <= LOKI_LABELS | set(extracted), f"{where}: groups by unknown labels {by}"
+    assert re.search(r"\)\s*(?:>|>=)\s*\d+$", text), f"{where}: no threshold at the end of {expr!r}"
+    return set(extracted)
+
+
+def _loki_rules(project: Path) -> list[dict[str, Any]]:
+    return _rules(project, "observability/loki/rules")
+
+
+@pytest.mark.fast
+def test_logql_checker_catches_bad_expressions() -> None:
+    """The checker below is real: each broken expression fails it."""
+    good = 'sum by (service_name) (count_over_time({service_name="app", level=~"ERROR|CRITICAL"}[1m])) > 10'
+    _check_logql_rule(good, "good")
+    for bad in (
+        good.replace("service_name=", "compose_service="),  # a label Alloy does not set
+        good.replace("ERROR|CRITICAL", "ERROR|FATAL"),  # a level the service never writes
+        good.replace("[1m]", "[1 minute]"),
+        good.replace(") > 10", ")"),
+        good.replace("sum by", "summ by"),
+        good.replace('"app"', '"my-service"'),
+        'sum (count_over_time({service_name="app"} | json t="trace" | t != "" [5m])) > 1',  # no such field
+        'sum by (exception_type) (count_over_time({service_name="app"}[5m])) > 1',  # not extracted
+    ):
+        with pytest.raises(AssertionError):
+            _check_logql_rule(bad, "bad")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", LOKI_COMBOS)
+def test_loki_ruler_loads_the_log_rules(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    loki = _yaml(project / "observability/loki/config.yaml")
+    ruler = loki["ruler"]
+    assert ruler["storage"] == {"type": "local", "local": {"directory": "/etc/loki/rules"}}
+    assert ruler["rule_path"].startswith("/loki/"), "scratch space must be in the writable volume"
+    assert ruler["enable_api"] is True
+    assert "rules_directory" not in loki["common"]["storage"]["filesystem"], "two rule stores"
+    if _on(answers, "use_alertmanager"):
+        assert ruler["alertmanager_url"] == "http://alertmanager:9093"
+    else:
+        assert "alertmanager_url" not in ruler
+
+    # Without auth Loki's tenant is "fake": rules are read from <directory>/fake/.
+    assert loki["auth_enabled"] is False
+    compose = compose_config(project)
+    mounts = {v["target"]: Path(v["source"]) for v in compose["services"]["loki"]["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/loki/rules/fake"] == project / "observability/loki/rules"
+    if _on(answers, "use_alertmanager"):
+        assert "alertmanager" in compose["services"]
+        ports = {p["target"] for p in compose["services"]["alertmanager"].get("ports", [])}
+        assert 9093 in ports
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", LOKI_COMBOS)
+def test_log_alerts_parse_use_shipper_labels_and_have_runbooks(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    files = sorted((project / "observability/loki/rules").iterdir())
+    assert [f.name for f in files] == ["logs.yml"]
+    rules = _loki_rules(project)
+    alerts = {rule["alert"]: rule for rule in rules}
+    assert set(alerts) == {"HighErrorLogRate", "UnhandledExceptionBurst"}
+    anchors = _github_anchors((project / "docs/monitoring.md").read_text(encoding="utf-8"))
+    am = (
+        _yaml(project / "observability/alertmanager/alertmanager.yml")
+        if _on(_answers(combo), "use_alertmanager")
+        else None
+    )
+    for name, rule in alerts.items():
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "_file"}, name
+        assert re.fullmatch(r"\d+[smh]", rule.get("for", "0s")), name
+        extracted = _check_logql_rule(rule["expr"], name)
+        labels, annotations = rule["labels"], rule["annotations"]
+        assert labels["severity"] in SEVERITIES and labels["service"] == "my-service", name
+        assert annotations.get("summary") and annotations.get("description"), name
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert (project / path).is_file() and anchor == name.lower() and anchor in anchors, name
+        # Template variables name labels the alert really has.
+        result_labels = {b.strip() for g in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]) for b in g.split(",")}
+        for used in re.findall(r"\$labels\.(\w+)", json.dumps(annotations)):
+            assert used in result_labels | set(labels), f"{name}: annotation uses $labels.{used}"
+        if am is not None:
+            # Alertmanager groups by these labels: the alert carries all of them.
+            assert set(am["route"]["group_by"]) <= {"alertname"} | set(labels) | result_labels, name
+        if name == "UnhandledExceptionBurst":
+            assert extracted == {"exception_type"} and '|= "exception_type"' in rule["expr"]
+        if name == "HighErrorLogRate":
+            assert 'level=~"ERROR|CRITICAL"' in rule["expr"]
+
+
+# --------------------------------------------------------------------------- Grafana-managed alerting
+
+
+def _grafana_alerting(project: Path) -> dict[str, Any]:
+    folder = project / "observability/grafana/provisioning/alerting"
+    merged: dict[str, Any] = {}
+    for file in sorted(folder.glob("*.yaml")):
+        document = _yaml(file)
+        assert document["apiVersion"] == 1, file.name
+        for key, value in document.items():
+            if key != "apiVersion":
+                merged.setdefault(key, []).extend(value)
+    return merged
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", GRAFANA_COMBOS)
+def test_grafana_alerting_is_provisioned_and_wired_to_the_webhook(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    answers = _answers(combo)
+    alerting = _grafana_alerting(project)
+    expected_keys = {"contactPoints", "policies"} | ({"groups"} if _on(answers, "use_prometheus") else set())
+    assert set(alerting) == expected_keys
+
+    (contact,) = alerting["contactPoints"]
+    (receiver,) = contact["receivers"]
+    assert receiver["type"] == "webhook"
+    assert receiver["settings"]["url"] == "$ALERT_WEBHOOK_URL"
+    (policy,) = alerting["policies"]
+    assert policy["receiver"] == contact["name"]
+    assert {"alertname", "service"} <= set(policy["group_by"])
+
+    # Grafana's ALERT_WEBHOOK_URL is the webhook Alertmanager posts to (or its default).
+    compose = compose_config(project)
+    grafana = compose["services"]["grafana"]
+    url = grafana["environment"]["ALERT_WEBHOOK_URL"]
+    assert url == "http://host.docker.internal:9095/alerts"
+    assert "host.docker.internal=host-gateway" in grafana["extra_hosts"] or grafana["extra_hosts"] == {
+        "host.docker.internal": ["host-gateway"]
+    }
+    text = (project / "compose.yaml").read_text(encoding="utf-8")
+    if _on(answers, "use_alertmanager"):
+        assert "ALERT_WEBHOOK_URL: ${ALERTMANAGER_WEBHOOK_URL:-" in text
+        am = compose["services"]["alertmanager"]["configs"][0]["source"]
+        assert compose["configs"][am]["content"] == url
+    else:
+        assert "ALERT_WEBHOOK_URL: ${ALERT_WEBHOOK_URL:-" in text
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", ["everything", "grafana-prometheus", "cadvisor"])
+def test_grafana_alert_rule_queries_provisioned_sources(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    uids = {source["uid"] for source in _datasources(project)}
+    provider = _yaml(project / "observability/grafana/provisioning/dashboards/dashboards.yaml")["providers"][0]
+    anchors = _github_anchors((project / "docs/monitoring.md").read_text(encoding="utf-8"))
+    (group,) = _grafana_alerting(project)["groups"]
+    assert group["folder"] == provider["folder"]
+    assert re.fullmatch(r"\d+[sm]", group["interval"])
+    (rule,) = group["rules"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", rule["uid"])
+    assert rule["title"] == "FileDescriptorsNearLimit"
+    refs = [query["refId"] for query in rule["data"]]
+    assert len(refs) == len(set(refs)) and rule["condition"] in refs
+    for query in rule["data"]:
+        source = query["datasourceUid"]
+        assert source == "__expr__" or source in uids, f"data source {source} is not provisioned"
+        model = query["model"]
+        assert model["refId"] == query["refId"]
+        if source == "__expr__":
+            assert model["type"] in {"reduce", "threshold", "math", "classic_conditions", "resample"}
+            assert model["expression"] in refs and model["expression"] != query["refId"]
+        else:
+            assert source == "prometheus"
+            metrics = _check_promql(model["expr"], "grafana rule")
+            assert metrics == {"process_open_fds", "process_max_fds"}
+    assert rule["noDataState"] in {"OK", "NoData", "Alerting", "KeepLast"}
+    assert rule["execErrState"] in {"OK", "Error", "Alerting", "KeepLast"}
+    assert rule["labels"]["severity"] in SEVERITIES and rule["labels"]["service"] == "my-service"
+    # Labels are expanded as environment variables by the provisioning; annotations are not.
+    assert "$" not in json.dumps(rule["labels"])
+    anchor = rule["annotations"]["runbook_url"].partition("#")[2]
+    assert anchor == rule["title"].lower() and anchor in anchors
+
+
+# --------------------------------------------------------------------------- more promtool / amtool
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+@pytest.mark.parametrize(
+    ("rules_file", "test_file", "mutations"),
+    [
+        (
+            "resources.yml",
+            "resources_test.yml",
+            [("> 0.9\n        for: 5m", "> 0.99\n        for: 5m"), ("[5m]) > 0.9", "[5m]) > 2"), ("> 0.1", "> 1")],
+        ),
+        ("resources.yml", "resources_test.yml", [("vector(536870912)", "vector(1073741824)"), ("for: 15m", "for: 1m")]),
+        ("containers.yml", "containers_test.yml", [(") > 0.9", ") > 0.95"), ("> 0)", ">= 0)")]),
+    ],
+    ids=["resources-thresholds", "resources-limit-and-for", "containers"],
+)
+def test_promtool_unit_tests_catch_broken_resource_rules(
+    baked: Any, tmp_path: Path, rules_file: str, test_file: str, mutations: list[tuple[str, str]]
+) -> None:
+    folder = tmp_path / "prometheus"
+    shutil.copytree(baked("cadvisor") / "observability/prometheus", folder)
+    rules = folder / "rules" / rules_file
+    original = rules.read_text(encoding="utf-8")
+    result = _docker_tool(PROMETHEUS_IMAGE, "/bin/promtool", folder, "test", "rules", f"tests/{test_file}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for old, new in mutations:
+        assert original.count(old) == 1, old
+        rules.write_text(original.replace(old, new), encoding="utf-8")
+        result = _docker_tool(PROMETHEUS_IMAGE, "/bin/promtool", folder, "test", "rules", f"tests/{test_file}")
+        assert result.returncode != 0, f"the unit tests still pass with {new!r} instead of {old!r}"
+
+
+def _uncomment_examples(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        match = re.match(r"^(\s*)# ( *)(- name:|  \w+_configs:|    .*|routes:|  - matchers:|    receiver:)(.*)$", line)
+        lines.append(match.group(1) + match.group(2) + match.group(3) + match.group(4) if match else line)
+    return "\n".join(lines) + "\n"
+
+
+def _routes_test(folder: Path, receiver: str, labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    pairs = [f"{key}={value}" for key, value in sorted(labels.items())]
+    return _docker_tool(
+        ALERTMANAGER_IMAGE,
+        "/bin/amtool",
+        folder,
+        "config",
+        "routes",
+        "test",
+        "--config.file=alertmanager.yml",
+        f"--verify.receivers={receiver}",
+        *pairs,
+    )
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+def test_alertmanager_routes_every_alert(baked: Any, tmp_path: Path) -> None:
+    """amtool `config routes test`: the Loki and Prometheus alerts reach the local webhook, and the
+    commented routing example sends them by severity."""
+    project = baked("cadvisor")
+    alerts = []
+    for rule in _rules(project) + _loki_rules(project):
+        if "alert" in rule:
+            labels = {"alertname": rule["alert"], **rule["labels"]}
+            labels.setdefault("service", "my-service")  # from the scrape job, for rules that keep it
+            alerts.append(labels)
+    assert {"HighErrorLogRate", "UnhandledExceptionBurst", "HighMemoryUsage", "ContainerMemoryNearLimit"} <= {
+        a["alertname"] for a in alerts
+    }
+    folder = project / "observability/alertmanager"
+    for labels in alerts:
+        result = _routes_test(folder, "local-webhook", labels)
+        assert result.returncode == 0 and result.stdout.strip() == "local-webhook", f"{labels}: {result.stdout}"
+    # The check can fail: a wrong receiver is reported.
+    result = _routes_test(folder, "slack", alerts[0])
+    assert result.returncode != 0
+
+    example = tmp_path / "alertmanager"
+    example.mkdir()
+    (example / "alertmanager.yml").write_text(
+        _uncomment_examples((folder / "alertmanager.yml").read_text(encoding="utf-8")), encoding="utf-8"
+    )
+    for labels in alerts:
+        expected = {"critical": "pagerduty", "warning": "slack"}[labels["severity"]]
+        result = _routes_test(example, expected, labels)
+        assert result.returncode == 0, f"{labels} -> {result.stdout}{result.stderr}"

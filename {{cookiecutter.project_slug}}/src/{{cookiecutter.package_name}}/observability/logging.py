@@ -53,12 +53,14 @@ class BufferedWriter:
         self._wake = threading.Event()
         self._closed = False
         self._drain_lock = threading.Lock()
+        self._drop_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def write(self, line: bytes) -> None:
         if len(self._lines) >= self._max_lines:
-            self._dropped += 1  # stdout is stalled; keep memory bounded
+            with self._drop_lock:  # the writer thread resets the count
+                self._dropped += 1  # stdout is stalled; keep memory bounded
             return
         self._lines.append(line)
 
@@ -90,8 +92,9 @@ class BufferedWriter:
                 batch.append(lines.popleft())
             except IndexError:  # emptied by a concurrent drain
                 break
-        if self._dropped:
+        with self._drop_lock:
             dropped, self._dropped = self._dropped, 0
+        if dropped:
             batch.append(
                 orjson.dumps(
                     {
