@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -130,10 +131,8 @@ async def run(host: str, port: int, path: str, rate: float, duration: float, con
         while i < total and start + i * interval <= now:
             pool.submit(start + i * interval)
             i += 1
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(pool.finished, timeout=max(10.0, duration))
-    except TimeoutError:
-        pass
     elapsed = time.perf_counter() - start
     lat = sorted(pool.latencies)
     svc = sorted(pool.service)
@@ -165,7 +164,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         runner = uvloop.run
     except ImportError:

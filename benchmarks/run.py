@@ -124,7 +124,9 @@ def find_python() -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             # pyenv shims answer even when the version is not installed: ask it.
-            probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True)
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True
+            )
             if probe.returncode == 0:
                 return probe.stdout.strip()
     sys.exit("no CPython 3.13/3.12 found: set BENCH_PYTHON")
@@ -140,7 +142,8 @@ def require(tool: str) -> str:
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        output = result.stdout[-2000:] + result.stderr[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{output}")
     return result
 
 
@@ -153,8 +156,8 @@ def free_port() -> int:
 # --- building the variants ---------------------------------------------------------
 
 
-def bake(workdir: Path, key: str, signals: tuple[str, ...]) -> Path:
-    from cookiecutter.main import cookiecutter  # noqa: PLC0415 - the template's dev dependency
+def bake(template: Path, workdir: Path, key: str, signals: tuple[str, ...]) -> Path:
+    from cookiecutter.main import cookiecutter  # the template's dev dependency
 
     answers: dict[str, Any] = {
         **STACK_OFF,
@@ -166,7 +169,7 @@ def bake(workdir: Path, key: str, signals: tuple[str, ...]) -> Path:
     # One folder per combination: the same slug everywhere keeps uv_build's module name check happy.
     output = workdir / ("bake-" + key.replace("use_", "").replace("+", "-"))
     shutil.rmtree(output, ignore_errors=True)
-    return Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, extra_context=answers, output_dir=str(output)))
+    return Path(cookiecutter(str(template), no_input=True, extra_context=answers, output_dir=str(output)))
 
 
 def make_venv(project: Path, python: str) -> str:
@@ -212,7 +215,8 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"server exited ({server.process.returncode}):\n{server.stderr_path.read_text()[-3000:]}")
+            stderr = server.stderr_path.read_text()[-3000:]
+            raise RuntimeError(f"server exited ({server.process.returncode}):\n{stderr}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=1)
             conn.request("GET", TARGET_PATH)
@@ -242,10 +246,40 @@ def server_for(variant: Variant, python: str, cwd: Path, logs: Path, otlp_port: 
         assert otlp_port is not None
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
     if variant.peer:
-        cmd = [python, "-m", "uvicorn", "peer_app:app", "--app-dir", str(BENCH_DIR), "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--no-server-header", "--log-level", "warning"]
+        cmd = [
+            python,
+            "-m",
+            "uvicorn",
+            "peer_app:app",
+            "--app-dir",
+            str(BENCH_DIR),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--no-server-header",
+            "--log-level",
+            "warning",
+        ]
+    elif "use_json_logging" in variant.signals:
+        cmd = [python, "-m", PACKAGE]  # exactly how the service starts in production
     else:
-        cmd = [python, "-m", PACKAGE]
+        # Without JSON logging the service leaves uvicorn's plain-text access log on; that is a
+        # log signal too, so these variants run the same app factory with it off.
+        cmd = [
+            python,
+            "-m",
+            "uvicorn",
+            f"{PACKAGE}.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--no-server-header",
+        ]
     stdout_path = logs / f"{variant.name}.stdout"
     stderr_path = logs / f"{variant.name}.stderr"
     # stdout (the JSON log lines) goes to a regular file, as a container runtime's log driver does.
@@ -280,38 +314,107 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def core_busy_seconds(core: str) -> float:
+    """Time a core spent running anything (all processes), in seconds."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            ticks = [int(x) for x in line.split()[1:]]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+class Usage:
+    """Server CPU share and the share of the server's core taken by other processes."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cpu, self.core, self.wall = cpu_seconds(pid), core_busy_seconds(SERVER_CORE), time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        cpu = cpu_seconds(self.pid) - self.cpu
+        core = core_busy_seconds(SERVER_CORE) - self.core
+        wall = time.monotonic() - self.wall
+        return {
+            "server_cpu_s": round(cpu, 3),
+            "server_cpu_share": round(cpu / wall, 3),
+            # Anything else that ran on the server's core meanwhile: a shared machine's noise.
+            "foreign_share_of_core": round(max(0.0, core - cpu) / wall, 3),
+        }
+
+
 def wrk(port: int, duration: float, connections: int = 32) -> dict[str, Any]:
-    out = run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-               "--latency", f"http://127.0.0.1:{port}{TARGET_PATH}"]).stdout
+    out = run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            f"http://127.0.0.1:{port}{TARGET_PATH}",
+        ]
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "requests": total, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "socket_errors": errors.group(0) if errors else None}
+    return {
+        "rps": rps,
+        "requests": total,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(0) if errors else None,
+    }
 
 
 def fixed_rate(load_python: str, port: int, rate: float, duration: float) -> dict[str, Any]:
-    out = run(["taskset", "-c", LOAD_CORE, load_python, str(BENCH_DIR / "loadgen.py"), "--port", str(port),
-               "--path", TARGET_PATH, "--rate", str(rate), "--duration", str(duration)]).stdout
+    out = run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            load_python,
+            str(BENCH_DIR / "loadgen.py"),
+            "--port",
+            str(port),
+            "--path",
+            TARGET_PATH,
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+        ]
+    ).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def measure(variant: Variant, python: str, cwd: Path, logs: Path, args: argparse.Namespace,
-            load_python: str, rate: float | None, otlp_port: int | None) -> dict[str, Any]:
+def measure(
+    variant: Variant,
+    python: str,
+    cwd: Path,
+    logs: Path,
+    args: argparse.Namespace,
+    load_python: str,
+    rate: float | None,
+    otlp_port: int | None,
+) -> dict[str, Any]:
     result: dict[str, Any] = {"variant": variant.name}
     with server_for(variant, python, cwd, logs, otlp_port) as server:
         warm = wrk(server.port, 1)
-        cpu_before, wall_before = cpu_seconds(server.process.pid), time.monotonic()
+        usage = Usage(server.process.pid)
         result["throughput"] = throughput = wrk(server.port, args.duration)
-        cpu = cpu_seconds(server.process.pid) - cpu_before
         # On a shared machine the server may not get its whole core: the share says how much it got,
         # and requests per CPU-second is the figure that contention barely moves.
-        throughput["server_cpu_share"] = round(cpu / (time.monotonic() - wall_before), 3)
+        throughput |= usage.stop()
+        cpu = throughput["server_cpu_s"]
         throughput["requests_per_cpu_second"] = round(throughput["requests"] / cpu, 1) if cpu else None
         sent = warm["requests"] + result["throughput"]["requests"]
         if rate is not None:
+            usage = Usage(server.process.pid)
             result["latency"] = fixed_rate(load_python, server.port, rate, args.duration)
+            result["latency"] |= usage.stop()
             sent += result["latency"]["requests"]
         result["memory_mb"] = peak_rss_mb(server.process.pid)
     result["exit_code"] = server.process.returncode
@@ -326,45 +429,81 @@ def measure(variant: Variant, python: str, cwd: Path, logs: Path, args: argparse
 # --- the other timings ------------------------------------------------------------------
 
 
-def time_bake(workdir: Path, runs: int) -> dict[str, Any]:
+def time_bake(template: Path, workdir: Path, runs: int) -> dict[str, Any]:
     out = workdir / "bake-timing"
     cookiecutter = shutil.which("cookiecutter") or str(Path(sys.executable).parent / "cookiecutter")
-    command = f"{cookiecutter} --no-input {TEMPLATE_DIR} -o {out}"
+    command = f"{cookiecutter} --no-input {template} -o {out}"
     if shutil.which("hyperfine"):
         export = workdir / "hyperfine.json"
-        run(["hyperfine", "--warmup", "2", "--runs", str(runs), "--prepare", f"rm -rf {out}",
-             "--export-json", str(export), command])
+        run(
+            [
+                "hyperfine",
+                "--warmup",
+                "2",
+                "--runs",
+                str(runs),
+                "--prepare",
+                f"rm -rf {out}",
+                "--export-json",
+                str(export),
+                command,
+            ]
+        )
         data = json.loads(export.read_text())["results"][0]
-        return {"tool": "hyperfine", "command": "cookiecutter --no-input <template>", "runs": runs,
-                "mean_s": round(data["mean"], 3), "stddev_s": round(data["stddev"], 3),
-                "min_s": round(data["min"], 3), "max_s": round(data["max"], 3)}
+        return {
+            "tool": "hyperfine",
+            "command": "cookiecutter --no-input <template>",
+            "runs": runs,
+            "mean_s": round(data["mean"], 3),
+            "stddev_s": round(data["stddev"], 3),
+            "min_s": round(data["min"], 3),
+            "max_s": round(data["max"], 3),
+        }
     times = []
     for _ in range(runs):
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         run(command.split())
         times.append(time.perf_counter() - start)
-    return {"tool": "loop", "command": "cookiecutter --no-input <template>", "runs": runs,
-            "mean_s": round(statistics.mean(times), 3), "stddev_s": round(statistics.pstdev(times), 3),
-            "min_s": round(min(times), 3), "max_s": round(max(times), 3)}
+    return {
+        "tool": "loop",
+        "command": "cookiecutter --no-input <template>",
+        "runs": runs,
+        "mean_s": round(statistics.mean(times), 3),
+        "stddev_s": round(statistics.pstdev(times), 3),
+        "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3),
+    }
 
 
-def time_fast_tier() -> dict[str, Any]:
+def time_fast_tier(template: Path) -> dict[str, Any]:
     start = time.perf_counter()
-    result = subprocess.run(["uv", "run", "pytest", "-m", "fast", "-q", "-p", "no:cacheprovider"],
-                            cwd=TEMPLATE_DIR, env=clean_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        ["uv", "run", "pytest", "-m", "fast", "-q", "-p", "no:cacheprovider"],
+        cwd=template,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     summary = [line for line in result.stdout.splitlines() if line.strip()][-1:] or [""]
-    return {"command": "uv run pytest -m fast -q", "seconds": round(elapsed, 1), "exit_code": result.returncode,
-            "summary": summary[0].strip("= ")}
+    return {
+        "command": "uv run pytest -m fast -q",
+        "seconds": round(elapsed, 1),
+        "exit_code": result.returncode,
+        "summary": summary[0].strip("= "),
+    }
 
 
 # --- the report ------------------------------------------------------------------------
 
 
 def spread(values: list[float], digits: int = 2) -> dict[str, float]:
-    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
-            "max": round(max(values), digits)}
+    return {
+        "min": round(min(values), digits),
+        "median": round(statistics.median(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 def summarize(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, Any]:
@@ -377,51 +516,77 @@ def summarize(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, 
         if not mine:
             continue
         rps = [r["throughput"]["rps"] for r in mine]
-        s: dict[str, Any] = {"description": v.description, "rps": spread(rps, 0),
-                             "peak_rss_mb": spread([r["memory_mb"]["VmHWM"] for r in mine], 1)}
-        ratios = [rep[v.name]["throughput"]["rps"] / rep["bare"]["throughput"]["rps"]
-                  for rep in by_rep.values() if v.name in rep and "bare" in rep]
+        per_cpu = [
+            rep[v.name]["throughput"]["requests_per_cpu_second"] / rep["bare"]["throughput"]["requests_per_cpu_second"]
+            for rep in by_rep.values()
+            if v.name in rep and "bare" in rep
+        ]
+        s: dict[str, Any] = {
+            "description": v.description,
+            "rps": spread(rps, 0),
+            "peak_rss_mb": spread([r["memory_mb"]["VmHWM"] for r in mine], 1),
+        }
+        ratios = [
+            rep[v.name]["throughput"]["rps"] / rep["bare"]["throughput"]["rps"]
+            for rep in by_rep.values()
+            if v.name in rep and "bare" in rep
+        ]
         if ratios:
             s["ratio_to_bare"] = spread(ratios)
-        peer_ratios = [rep[v.name]["throughput"]["rps"] / rep["peer"]["throughput"]["rps"]
-                       for rep in by_rep.values() if v.name in rep and "peer" in rep]
+            s["ratio_to_bare_per_cpu_second"] = spread(per_cpu)
+        s["server_cpu_share"] = spread([r["throughput"]["server_cpu_share"] for r in mine])
+        s["foreign_share_of_core"] = spread([r["throughput"]["foreign_share_of_core"] for r in mine])
+        s["contended_runs"] = sum(1 for r in mine if r.get("contended"))
+        peer_ratios = [
+            rep[v.name]["throughput"]["rps"] / rep["peer"]["throughput"]["rps"]
+            for rep in by_rep.values()
+            if v.name in rep and "peer" in rep
+        ]
         if peer_ratios:
             s["ratio_to_peer"] = spread(peer_ratios)
         if all("latency" in r for r in mine):
             s["p50_ms"] = spread([r["latency"]["p50_ms"] for r in mine], 3)
             s["p99_ms"] = spread([r["latency"]["p99_ms"] for r in mine], 3)
-            added = [rep[v.name]["latency"]["p99_ms"] - rep["bare"]["latency"]["p99_ms"]
-                     for rep in by_rep.values() if v.name in rep and "bare" in rep]
+            added = [
+                rep[v.name]["latency"]["p99_ms"] - rep["bare"]["latency"]["p99_ms"]
+                for rep in by_rep.values()
+                if v.name in rep and "bare" in rep
+            ]
             if added:
                 s["p99_added_ms"] = spread(added, 3)
             s["rate_achieved"] = spread([r["latency"]["rate_achieved"] for r in mine], 0)
         s["log_lines_per_request"] = round(
-            sum(r["log_lines"] for r in mine) / max(1, sum(r["requests_sent"] for r in mine)), 3)
+            sum(r["log_lines"] for r in mine) / max(1, sum(r["requests_sent"] for r in mine)), 3
+        )
         summary[v.name] = s
     return summary
 
 
 def fmt(s: dict[str, float] | None, digits: int = 2) -> str:
     if not s:
-        return "–"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+        return "-"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
 def markdown(summary: dict[str, Any], rate: float | None) -> str:
     lines = [
-        f"| Variant | req/s (median) | × bare: median (min–max) | × peer | p50 ms @ {rate or '–'}/s "
-        "| p99 ms | p99 added ms: median (min–max) | peak RSS MB (max) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| Variant | req/s (median) | x bare: median (min-max) | x bare per server CPU-s | x peer "
+        f"| p50 ms @ {rate or '-'}/s | p99 ms | p99 added ms: median (min-max) | peak RSS MB (max) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, s in summary.items():
-        peer = f"{s['ratio_to_peer']['median']:.1f}" if "ratio_to_peer" in s else "–"
+    for key, s in summary.items():
+        # A star: some of its runs stayed contended after the retries (see foreign_share_of_core).
+        name = f"{key} *" if s.get("contended_runs") else key
+        peer = f"{s['ratio_to_peer']['median']:.1f}" if "ratio_to_peer" in s else "-"
         if "p50_ms" in s:
-            latency = (f"{s['p50_ms']['median']:.2f} | {s['p99_ms']['median']:.2f} | "
-                       f"{fmt(s['p99_added_ms'])}")
+            latency = f"{s['p50_ms']['median']:.2f} | {s['p99_ms']['median']:.2f} | {fmt(s['p99_added_ms'])}"
         else:
-            latency = "– | – | –"
-        lines.append(f"| {name} | {s['rps']['median']:.0f} | {fmt(s.get('ratio_to_bare'))} | {peer} | {latency} | "
-                     f"{s['peak_rss_mb']['max']:.1f} |")
+            latency = "- | - | -"
+        lines.append(
+            f"| {name} | {s['rps']['median']:.0f} | {fmt(s.get('ratio_to_bare'))} | "
+            f"{fmt(s.get('ratio_to_bare_per_cpu_second'))} | {peer} | {latency} | "
+            f"{s['peak_rss_mb']['max']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -435,10 +600,12 @@ def targets(summary: dict[str, Any], bake_time: dict[str, Any] | None) -> list[d
         s = summary.get(variant)
         if s and "ratio_to_bare" in s:
             med = s["ratio_to_bare"]["median"]
-            check(f"{variant} throughput × bare", med, ">= 0.70", med >= 0.70)
+            check(f"{variant} throughput x bare", med, ">= 0.70", med >= 0.70)
+            med = s["ratio_to_bare_per_cpu_second"]["median"]
+            check(f"{variant} requests per server CPU-second x bare", med, ">= 0.70", med >= 0.70)
         if s and "ratio_to_peer" in s:
             med = s["ratio_to_peer"]["median"]
-            check(f"{variant} throughput × peer stack", med, ">= 5", med >= 5)
+            check(f"{variant} throughput x peer stack", med, ">= 5", med >= 5)
         if s and "p99_added_ms" in s:
             med = s["p99_added_ms"]["median"]
             check(f"{variant} p99 added at the fixed rate (ms)", med, "<= 1.0", med <= 1.0)
@@ -448,7 +615,9 @@ def targets(summary: dict[str, Any], bake_time: dict[str, Any] | None) -> list[d
     s = summary.get("metrics+logs")
     if s and "ratio_to_bare" in s:
         med = s["ratio_to_bare"]["median"]
-        check("metrics+logs throughput × bare", med, ">= 0.85", med >= 0.85)
+        check("metrics+logs throughput x bare", med, ">= 0.85", med >= 0.85)
+        med = s["ratio_to_bare_per_cpu_second"]["median"]
+        check("metrics+logs requests per server CPU-second x bare", med, ">= 0.85", med >= 0.85)
     if bake_time:
         check("cookiecutter --no-input (s, mean)", bake_time["mean_s"], "< 1.0", bake_time["mean_s"] < 1.0)
     return checks
@@ -457,15 +626,29 @@ def targets(summary: dict[str, Any], bake_time: dict[str, Any] | None) -> list[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement (throughput, then latency)")
-    parser.add_argument("--rate", type=float, help="fixed request rate for latency (default: half of bare's saturation)")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement phase")
+    parser.add_argument("--rate", type=float, help="fixed rate for latency (default: half of bare's saturation)")
     parser.add_argument("--variants", help=f"comma-separated subset of: {','.join(v.name for v in VARIANTS)}")
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.05,
+        help="measure again when other processes took more than this share of the server's core",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="how many times to measure a contended run again")
     parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate latency phase")
     parser.add_argument("--no-meta", action="store_true", help="skip timing cookiecutter and the fast test tier")
     parser.add_argument("--bake-runs", type=int, default=10)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
+    parser.add_argument(
+        "--template",
+        type=Path,
+        default=TEMPLATE_DIR,
+        help="template to bake (default: this repository; e.g. a patched copy to compare)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep bakes and venvs here (default: a temporary directory)")
     args = parser.parse_args()
+    args.template = args.template.resolve()
 
     variants = VARIANTS
     if args.variants:
@@ -494,7 +677,7 @@ def main() -> None:
         for v in variants:
             if v.peer or v.bake_key in pythons:
                 continue
-            project = bake(workdir, v.bake_key, v.signals)
+            project = bake(args.template, workdir, v.bake_key, v.signals)
             pythons[v.bake_key] = (make_venv(project, python), project)
         bare_python = pythons["bare"][0]
         pins = installed_versions(bare_python, ["fastapi", "starlette", "uvicorn", "pydantic"])
@@ -503,10 +686,13 @@ def main() -> None:
             pins |= installed_versions(all_on, ["opentelemetry-sdk", "opentelemetry-api", "prometheus-client"])
         if any(v.peer for v in variants):
             pythons["peer"] = (make_peer_venv(workdir, python, pins), BENCH_DIR)
-        versions = installed_versions(pythons["peer"][0] if "peer" in pythons else bare_python,
-                                      [*pins, *PEER_PACKAGES, "opentelemetry-instrumentation-fastapi", "uvloop",
-                                       "httptools"])
-        versions |= installed_versions(all_on or bare_python, ["loguru", "orjson", "opentelemetry-exporter-otlp-proto-http"])
+        versions = installed_versions(
+            pythons["peer"][0] if "peer" in pythons else bare_python,
+            [*pins, *PEER_PACKAGES, "opentelemetry-instrumentation-fastapi", "uvloop", "httptools"],
+        )
+        versions |= installed_versions(
+            all_on or bare_python, ["loguru", "orjson", "opentelemetry-exporter-otlp-proto-http"]
+        )
 
         otlp_port: int | None = None
         sink: subprocess.Popen[bytes] | None = None
@@ -514,8 +700,20 @@ def main() -> None:
         if any(v.otlp for v in variants):
             otlp_port = free_port()
             # The receiver shares the load generator's core; it only reads and counts.
-            sink = subprocess.Popen(["taskset", "-c", LOAD_CORE, all_on or bare_python, str(BENCH_DIR / "otlp_sink.py"),
-                                     "--port", str(otlp_port), "--stats", str(sink_stats)], env=clean_env())
+            sink = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    LOAD_CORE,
+                    all_on or bare_python,
+                    str(BENCH_DIR / "otlp_sink.py"),
+                    "--port",
+                    str(otlp_port),
+                    "--stats",
+                    str(sink_stats),
+                ],
+                env=clean_env(),
+            )
             stack.callback(lambda: sink.poll() is not None or sink.kill())  # type: ignore[union-attr]
 
         rate = args.rate
@@ -523,41 +721,71 @@ def main() -> None:
             python_bare, cwd_bare = pythons["bare"]
             with server_for(VARIANTS[0], python_bare, cwd_bare, logs, None) as server:
                 wrk(server.port, 1)
-                saturation = wrk(server.port, args.duration)["rps"]
+                # The best of two: a busy neighbour only ever lowers it.
+                saturation = max(wrk(server.port, args.duration)["rps"] for _ in range(2))
             rate = round(saturation / 2)
             log(f"bare saturates at {saturation:.0f} req/s: fixed rate for latency = {rate} req/s")
 
         runs: list[dict[str, Any]] = []
         for rep in range(args.repetitions):
-            order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+            order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
             for v in order:
                 py, cwd = pythons[v.bake_key]
-                r = measure(v, py, cwd, logs, args, bare_python, None if args.no_latency else rate, otlp_port)
+                attempts = 0
+                while True:
+                    attempts += 1
+                    r = measure(v, py, cwd, logs, args, bare_python, None if args.no_latency else rate, otlp_port)
+                    foreign = max(
+                        r["throughput"]["foreign_share_of_core"], r.get("latency", {}).get("foreign_share_of_core", 0.0)
+                    )
+                    r["contended"] = foreign > args.max_foreign
+                    if not r["contended"] or attempts > args.retries:
+                        break
+                    log(f"{v.name}: other processes took {foreign:.0%} of core {SERVER_CORE}; measuring again")
                 r["repetition"] = rep
+                r["attempts"] = attempts
                 runs.append(r)
                 lat = r.get("latency", {})
-                log(f"rep {rep + 1}/{args.repetitions} {v.name:13} {r['throughput']['rps']:8.0f} req/s  "
+                log(
+                    f"rep {rep + 1}/{args.repetitions} {v.name:13} {r['throughput']['rps']:8.0f} req/s  "
                     f"p50 {lat.get('p50_ms', '-')} p99 {lat.get('p99_ms', '-')} ms  "
-                    f"HWM {r['memory_mb']['VmHWM']} MB  log lines/request {r['log_lines'] / r['requests_sent']:.3f}")
+                    f"HWM {r['memory_mb']['VmHWM']} MB  CPU share {r['throughput']['server_cpu_share']} "
+                    f"(others {r['throughput']['foreign_share_of_core']})  "
+                    f"log lines/request {r['log_lines'] / r['requests_sent']:.3f}"
+                )
 
         otlp = None
         if sink is not None:
             sink.send_signal(signal.SIGTERM)
             sink.wait(timeout=10)
             otlp = json.loads(sink_stats.read_text()) if sink_stats.exists() else None
-        bake_time = None if args.no_meta else time_bake(Path(tempfile.mkdtemp(prefix="bench-bake-")), args.bake_runs)
-    fast_tier = None if args.no_meta else time_fast_tier()
+        bake_time = None
+        if not args.no_meta:
+            bake_time = time_bake(args.template, Path(tempfile.mkdtemp(prefix="bench-bake-")), args.bake_runs)
+    fast_tier = None if args.no_meta else time_fast_tier(args.template)
 
     summary = summarize(runs, variants)
     table = markdown(summary, rate)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "kernel": platform.release(),
-                    "python": run([python, "-c", "import sys; print(sys.version.split()[0])"]).stdout.strip()},
-        "method": {"server_core": SERVER_CORE, "load_core": LOAD_CORE, "endpoint": TARGET_PATH,
-                   "throughput": "wrk -t1 -c32", "duration_s": args.duration, "repetitions": args.repetitions,
-                   "fixed_rate": rate, "latency_generator": "benchmarks/loadgen.py, open loop, 32 connections",
-                   "server_stdout": "regular file", "env": "APP_ENVIRONMENT=production APP_LOG_FORMAT=json"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "kernel": platform.release(),
+            "python": run([python, "-c", "import sys; print(sys.version.split()[0])"]).stdout.strip(),
+        },
+        "method": {
+            "server_core": SERVER_CORE,
+            "load_core": LOAD_CORE,
+            "endpoint": TARGET_PATH,
+            "throughput": "wrk -t1 -c32",
+            "duration_s": args.duration,
+            "repetitions": args.repetitions,
+            "fixed_rate": rate,
+            "latency_generator": "benchmarks/loadgen.py, open loop, 32 connections",
+            "server_stdout": "regular file",
+            "env": "APP_ENVIRONMENT=production APP_LOG_FORMAT=json",
+        },
         "versions": versions,
         "summary": summary,
         "targets": targets(summary, bake_time),
@@ -574,8 +802,10 @@ def main() -> None:
     for t in report["targets"]:
         print(f"- {'PASS' if t['met'] else 'MISS'} {t['target']}: {t['value']} (goal {t['goal']})")
     if bake_time:
-        print(f"- cookiecutter --no-input: {bake_time['mean_s']} s ± {bake_time['stddev_s']} ({bake_time['tool']}, "
-              f"{bake_time['runs']} runs)")
+        print(
+            f"- cookiecutter --no-input: {bake_time['mean_s']} s ± {bake_time['stddev_s']} ({bake_time['tool']}, "
+            f"{bake_time['runs']} runs)"
+        )
     if fast_tier:
         print(f"- fast tier: {fast_tier['seconds']} s, exit {fast_tier['exit_code']}: {fast_tier['summary']}")
     if otlp:

@@ -72,6 +72,10 @@ def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> No
     records = parse_lines(server.lines)
     loggers = {r["logger"] for r in records}
     assert "uvicorn.error" in loggers, loggers
+    startup = next(r for r in records if "Application startup complete" in r["message"])
+    # A routed line names uvicorn's code that logged it, not the logging machinery.
+    assert (startup["module"], startup["function"]) != ("logging", "emit")
+    assert startup["module"] != "__init__"
     assert any("Application startup complete" in r["message"] for r in records)
     assert any("Finished server process" in r["message"] for r in records)
 

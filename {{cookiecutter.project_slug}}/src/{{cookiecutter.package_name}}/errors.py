@@ -30,7 +30,8 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     ids = current_trace_ids()
-    trace_id = ids[0] if ids else None
+    # Unhandled errors reach their handler after the request's span has been detached.
+    trace_id = ids[0] if ids else getattr(request.state, "trace_id", None)
     body: dict[str, Any] = {
         "status": status,
         "message": message,

@@ -23,6 +23,7 @@ from .observability.metrics import (
 {%- if cookiecutter.use_tracing %}
 from .observability.tracing import (
     instrument_client,
+    server_tracer,
     setup_tracing,
     shutdown_tracing,
     telemetry_config,
@@ -92,6 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
 {%- endif %}
         resolve_route=RouteResolver(lambda: app.routes),
+{%- if cookiecutter.use_tracing %}
+        tracer=server_tracer(settings, tracer_provider),
+{%- endif %}
     )
 {%- if cookiecutter.use_metrics %}
     setup_metrics(app, settings)

@@ -7,16 +7,19 @@ request id, times the request, resolves the route template once and hands a
 registers its own callbacks, so turning a signal off is deleting its module.
 """
 
+import os
 import re
-import uuid
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
 from fastapi.routing import iter_route_contexts
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -117,7 +120,13 @@ class RouteResolver:
 
 
 class RequestContextMiddleware:
-    """Request id, timing and route for every HTTP request, in one pass."""
+    """Request id, timing, route and the server span for every HTTP request, in one pass.
+
+    With a `tracer`, this middleware records the request's server span itself:
+    one span, named and attributed as the HTTP semantic conventions say, at
+    about half the cost of FastAPI's native per-request telemetry (measured in
+    benchmarks/). Without one, it reads whatever span is current.
+    """
 
     def __init__(
         self,
@@ -126,17 +135,23 @@ class RequestContextMiddleware:
         on_start: Sequence[RequestStarted] = (),
         on_finish: Sequence[RequestFinished] = (),
         resolve_route: Callable[[Scope], str],
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.app = app
         self.on_start = tuple(on_start)
         self.on_finish = tuple(on_finish)
         self.resolve_route = resolve_route
+        self.tracer = tracer
+        # Only these headers can carry a parent context (traceparent, tracestate, baggage...).
+        self._propagation_headers = frozenset(
+            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         if scope["path"] in EXCLUDED_PATHS:
@@ -152,6 +167,10 @@ class RequestContextMiddleware:
         for started in self.on_start:
             started(method)
         status = 500  # what the client gets if the app raises before responding
+        span: Span | None = None
+        error_type: str | None = None
+        if self.tracer is not None:
+            span, span_token = self._start_span(self.tracer, scope, method, route)
         start = perf_counter()
 
         async def send_with_ids(message: Message) -> None:
@@ -164,9 +183,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_ids)
+        except BaseException as exc:
+            error_type = type(exc).__qualname__
+            raise
         finally:
             duration = perf_counter() - start
-            span_context = trace.get_current_span().get_span_context()
+            span_context = (span or trace.get_current_span()).get_span_context()
             valid = span_context.is_valid
             info = RequestInfo(
                 method=method,
@@ -183,7 +205,51 @@ class RequestContextMiddleware:
             )
             for finished in self.on_finish:
                 finished(info)
+            if span is not None:
+                _end_span(span, status, error_type)
+                otel_context.detach(span_token)
             request_id_var.reset(token)
+
+    def _start_span(
+        self, tracer: trace.Tracer, scope: Scope, method: str, route: str
+    ) -> tuple[Span, Token[Context]]:
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in self._propagation_headers
+        }
+        parent = propagate.extract(carrier) if carrier else None
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": scope.get("scheme", "http"),
+            "url.path": scope["path"],
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if method == OTHER_METHOD:
+            attributes["http.request.method_original"] = scope["method"]
+        if route != UNMATCHED_ROUTE:
+            attributes["http.route"] = route
+        server = scope.get("server")
+        if server:
+            attributes["server.address"] = server[0]
+            if server[1] is not None:
+                attributes["server.port"] = server[1]
+        name = method if route == UNMATCHED_ROUTE else f"{method} {route}"
+        span = tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
+        span_context = span.get_span_context()
+        if span_context.is_valid:
+            # The error handlers run outside this middleware, after the span is detached.
+            scope["state"]["trace_id"] = format(span_context.trace_id, "032x")
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def _end_span(span: Span, status: int, error_type: str | None) -> None:
+    if span.is_recording():
+        span.set_attribute("http.response.status_code", status)
+        if error_type is not None or status >= 500:
+            span.set_attribute("error.type", error_type or str(status))
+            span.set_status(StatusCode.ERROR)
+    span.end()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -1,0 +1,64 @@
+"""The benchmark harness runs end to end with tiny durations, so that it cannot rot.
+
+No timing is asserted here (that is what `benchmarks/run.py` reports); only that
+every variant bakes, serves the target route without errors, writes its access
+lines and exports its spans, and that the report is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import TEMPLATE_DIR, require_executable, unavailable
+
+pytestmark = [pytest.mark.generated, pytest.mark.xdist_group("benchmarks")]
+
+VARIANTS = {"bare", "logs", "metrics", "tracing", "metrics+logs", "all-100", "all-10", "all-100-otlp", "peer"}
+WITH_LOGS = {"logs", "metrics+logs", "all-100", "all-10", "all-100-otlp", "peer"}
+
+
+def test_harness_measures_every_variant(tmp_path: Path) -> None:
+    for tool in ("uv", "wrk", "taskset"):
+        require_executable(tool)
+    if (os.cpu_count() or 1) < 2:
+        unavailable("the harness pins the server and the load generator to two different cores")
+    output = tmp_path / "latest.json"
+    command = [
+        sys.executable,
+        str(TEMPLATE_DIR / "benchmarks" / "run.py"),
+        "--repetitions", "1",
+        "--duration", "1",
+        "--rate", "200",
+        "--no-meta",
+        "--retries", "0",
+        "--output", str(output),
+        "--workdir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=TEMPLATE_DIR, capture_output=True, text=True, timeout=1200, check=False)
+    assert result.returncode == 0, f"harness failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+
+    report = json.loads(output.read_text())
+    assert set(report["summary"]) == VARIANTS
+    for name in VARIANTS:  # a star marks a contended variant
+        assert re.search(rf"^\| {re.escape(name)}( \*)? \|", result.stdout, re.MULTILINE), f"no table row for {name}"
+    for run in report["runs"]:
+        name = run["variant"]
+        # `python -m <package>` exits 0 on SIGTERM; plain `uvicorn` re-raises the signal once it has drained.
+        assert run["exit_code"] in (0, -signal.SIGTERM), f"{name}: the server did not stop cleanly"
+        assert run["throughput"]["rps"] > 0 and run["throughput"]["non_2xx"] == 0, name
+        latency = run["latency"]
+        assert latency["errors"] == 0 and latency["non_2xx"] == 0, name
+        assert latency["requests"] == latency["scheduled"], f"{name}: fixed-rate requests went unanswered"
+        assert run["memory_mb"]["VmHWM"] > 0, name
+        if name in WITH_LOGS:
+            # One access line per request (the readiness probe and startup lines add a few).
+            assert run["log_lines"] >= run["requests_sent"], f"{name}: access lines are missing"
+    assert report["otlp_receiver"]["spans"] > 0, "the OTLP variant exported no span"
