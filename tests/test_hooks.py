@@ -33,6 +33,7 @@ from cookiecutter.generate import generate_context
 from cookiecutter.hooks import run_hook_from_repo_dir
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
+from jinja2.exceptions import UndefinedError
 
 from combinations import ALL_OFF, TOGGLES
 from helpers import TEMPLATE_DIR
@@ -531,9 +532,16 @@ def test_validate_refuses(mutation: dict[str, Any], field: str, rule: str) -> No
 @pytest.mark.parametrize(("answers", "field", "rule"), invalid_params())
 def test_validate_matches_the_baked_refusal(answers: dict[str, Any], field: str, rule: str) -> None:
     """The same table, straight through validate(): the hook holds the rules even where
-    cookiecutter refuses first (a given package name skips the folder-name check)."""
+    cookiecutter refuses first (there the slug is derived here as cookiecutter.json does)."""
+    try:
+        candidate = default_answers(**{"package_name": "pkg", **answers})
+    except (UndefinedError, UndefinedVariableInTemplate):  # refused while rendering
+        derived = dict(answers)
+        if "project_name" in answers and "project_slug" not in answers:
+            derived["project_slug"] = answers["project_name"].lower().strip().replace(" ", "-")
+        candidate = {**default_answers(), "package_name": "pkg", **derived}
     with pytest.raises(pre.InvalidAnswer, match=f"^invalid answer for '{field}': ") as caught:
-        pre.validate(default_answers(**{"package_name": "pkg", **answers}))
+        pre.validate(candidate)
     assert rule in str(caught.value)
 
 
@@ -856,3 +864,13 @@ def test_baked_template_with_broken_manifest_leaves_no_directory(
     assert "lists paths the template does not have: .gitlab-ci.yml" in line
     assert (tmp_path / "cookies" / "bake00").is_dir()
     assert leftovers(tmp_path) == []
+
+
+def test_a_non_folder_slug_with_an_explicit_package_is_refused_before_any_folder(cookies: Any, tmp_path: Path) -> None:
+    """With both names given, the package default (which checks the slug) is not rendered:
+    a private check variable still stops cookiecutter before it creates a folder."""
+    result = cookies.bake(extra_context={"project_slug": "../outside/evil", "package_name": "pkg"})
+    assert result.exit_code != 0
+    assert "invalid answer for 'project_slug'" in str(result.exception)
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "outside").exists()

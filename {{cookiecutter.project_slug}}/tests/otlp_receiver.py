@@ -1,6 +1,7 @@
 """A real OTLP/HTTP trace receiver for tests: it decodes what the service sends."""
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,8 @@ def _value(any_value: Any) -> Any:
 
 @dataclass
 class OtlpReceiver:
+    port: int = 0  # 0: any free port
+    delay: float = 0.0  # seconds to wait before answering, to play a slow collector
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
 
@@ -38,6 +41,7 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                time.sleep(receiver.delay)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if (
                     self.path != "/v1/traces"
@@ -57,7 +61,7 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._lock = threading.Lock()

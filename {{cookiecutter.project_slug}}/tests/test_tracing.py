@@ -184,3 +184,32 @@ def test_broken_backend_does_not_slow_or_fail_requests(
     ]
     assert failures, "the export failure is reported"
     assert len(failures) <= 6, f"export failures are rate-limited, got {len(failures)}"
+
+
+def test_slow_backend_does_not_slow_requests(start_server: StartServer) -> None:
+    with OtlpReceiver(delay=3.0) as slow:
+        server = start_server(tracing_env(slow.endpoint, OTEL_BSP_EXPORT_TIMEOUT="2000"))
+        started = time.monotonic()
+        with httpx.Client(base_url=server.url) as client:
+            for i in range(200):
+                assert client.get(f"/api/items/{i + 1}").status_code == 200
+        assert time.monotonic() - started < 10, "requests do not wait for the collector"
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 8
+
+
+def test_export_resumes_when_the_backend_returns(start_server: StartServer) -> None:
+    port = free_port()
+    server = start_server(tracing_env(f"http://127.0.0.1:{port}"))
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(20):  # exported into the void
+            assert client.get(f"/api/items/{i + 1}").status_code == 200
+        with OtlpReceiver(port=port) as receiver:
+            assert client.get("/api/items/4242").status_code == 200
+            spans = wait_for_spans(
+                receiver,
+                lambda s: any(x.attributes.get("url.path") == "/api/items/4242" for x in s),
+                timeout=20,
+            )
+    assert any(span.name == "GET /api/items/{item_id}" for span in spans)
