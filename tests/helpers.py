@@ -164,3 +164,27 @@ def build_app_image(project: Path, python_version: str, tag: str, build_args: di
     started = time.monotonic()
     docker("build", "--pull=false", "-t", tag, *args, str(project), timeout=900)
     return time.monotonic() - started
+
+
+# Every metric name the generated service exports (the contract the dashboards,
+# rules and stack tests may rely on).
+APP_METRICS = frozenset(
+    {
+        "http_server_request_duration_seconds_bucket",
+        "http_server_request_duration_seconds_count",
+        "http_server_request_duration_seconds_sum",
+        "http_server_active_requests",
+        "app_build_info",
+        "app_event_loop_lag_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "python_gc_collections_total",
+        "python_gc_objects_collected_total",
+        "python_gc_objects_uncollectable_total",
+        "python_info",
+    }
+)

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from helpers import (
+    APP_METRICS,
     build_app_image,
     build_standins,
     docker,
@@ -68,26 +69,7 @@ GRAFANA_VARIABLES = {
     "instance": ".*",  # the dashboard's "All" value
 }
 # Series that exist here after the traffic: what the app exports, plus Prometheus' own.
-DATA_HERE = {
-    "http_server_request_duration_seconds_bucket",
-    "http_server_request_duration_seconds_count",
-    "http_server_request_duration_seconds_sum",
-    "http_server_active_requests",
-    "app_build_info",
-    "process_cpu_seconds_total",
-    "process_resident_memory_bytes",
-    "process_virtual_memory_bytes",
-    "process_open_fds",
-    "process_max_fds",
-    "process_start_time_seconds",
-    "python_gc_collections_total",
-    "python_gc_objects_collected_total",
-    "python_gc_objects_uncollectable_total",
-    "python_info",
-    "app_event_loop_lag_seconds",
-    "up",
-    "ALERTS",
-}
+DATA_HERE = APP_METRICS | {"up", "ALERTS"}
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan", "Inf", "NaN"}
 T = TypeVar("T")
 

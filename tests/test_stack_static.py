@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import TEMPLATE_DIR, require_executable, require_image, unavailable
+from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, unavailable
 
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.33.1"
@@ -73,25 +73,6 @@ CONFIG_MOUNTS = {"prometheus": 1, "alertmanager": 1, "grafana": 2, "jaeger": 1, 
 # Host paths a service may mount (read-only): cAdvisor reads the host's cgroups and Docker's state.
 HOST_MOUNTS = {"cadvisor": {"/", "/var/run", "/sys", "/var/lib/docker", "/dev/disk"}}
 
-# What the service exports (contract), plus Prometheus' own synthetic series.
-APP_METRICS = {
-    "http_server_request_duration_seconds_bucket",
-    "http_server_request_duration_seconds_count",
-    "http_server_request_duration_seconds_sum",
-    "http_server_active_requests",
-    "app_build_info",
-    "process_cpu_seconds_total",
-    "process_resident_memory_bytes",
-    "process_virtual_memory_bytes",
-    "process_open_fds",
-    "process_max_fds",
-    "process_start_time_seconds",
-    "python_gc_collections_total",
-    "python_gc_objects_collected_total",
-    "python_gc_objects_uncollectable_total",
-    "python_info",
-    "app_event_loop_lag_seconds",
-}
 PROMETHEUS_SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 # Recording rules of rules/resources.yml, usable like exported metrics.
 RECORDED = {"app:memory_limit_bytes"}
