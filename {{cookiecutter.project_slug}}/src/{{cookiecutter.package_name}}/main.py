@@ -43,12 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with (
 {%- if cookiecutter.use_metrics %}
+        async with (
             event_loop_monitor(),
-{%- endif %}
             httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client,
         ):
+{%- else %}
+        async with httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client:
+{%- endif %}
 {%- if cookiecutter.use_tracing %}
             instrument_client(client, tracer_provider)
 {%- endif %}
