@@ -51,3 +51,31 @@ def test_access_log_exemplar_and_span_share_the_trace_id(start_server: StartServ
 
         assert exemplar_trace_id == access[0]["trace_id"] == span.trace_id
         assert access[0]["span_id"] == span.span_id
+
+
+def test_unsampled_requests_carry_no_exemplar(start_server: StartServer) -> None:
+    with OtlpReceiver() as receiver:
+        server = start_server(
+            {
+                "OTEL_SDK_DISABLED": "false",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_TRACES_SAMPLER": "always_off",
+                "APP_LOG_FORMAT": "json",
+            }
+        )
+        assert httpx.get(f"{server.url}/api/items/78").status_code == 200
+        scrape = httpx.get(
+            f"{server.url}/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+        ).text
+        assert server.stop() == 0
+    buckets = [
+        s
+        for family in text_string_to_metric_families(scrape)
+        for s in family.samples
+        if s.name == "http_server_request_duration_seconds_bucket"
+        and s.labels["http_route"] == "/api/items/{item_id}"
+    ]
+    assert buckets, "the request was measured"
+    assert all(s.exemplar is None for s in buckets), "an exemplar must point to a kept trace"
+    assert receiver.snapshot() == []
