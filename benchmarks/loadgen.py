@@ -28,6 +28,7 @@ class Connection(asyncio.Protocol):
         self.buffer = b""
         self.intended = 0.0
         self.sent = 0.0
+        self.busy = False  # a request is in flight
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment] - uvloop's transports are not subclasses
@@ -36,6 +37,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.intended = intended
         self.sent = time.perf_counter()
+        self.busy = True
         self.transport.write(self.pool.request)
 
     def data_received(self, data: bytes) -> None:
@@ -51,6 +53,7 @@ class Connection(asyncio.Protocol):
             return
         status = int(self.buffer[9:12])
         self.buffer = self.buffer[total:]
+        self.busy = False
         self.pool.done(self, status, self.intended, self.sent)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -65,6 +68,7 @@ class Pool:
         self.latencies: list[float] = []  # from the scheduled time
         self.service: list[float] = []  # from the moment the request was written
         self.errors = 0
+        self.idle_closed = 0  # idle keep-alive connections the server closed: not an error
         self.non_2xx = 0
         self.completed = 0
         self.expected = expected
@@ -85,9 +89,14 @@ class Pool:
         self._next(conn)
 
     def lost(self, conn: Connection) -> None:
-        self.errors += 1
         if conn in self.idle:
             self.idle.remove(conn)
+        if not conn.busy:
+            # The server's keep-alive timeout closed a connection that sat idle (a low rate over
+            # many connections): no request was lost.
+            self.idle_closed += 1
+            return
+        self.errors += 1
         self._count()
 
     def _next(self, conn: Connection) -> None:
@@ -143,6 +152,7 @@ async def run(host: str, port: int, path: str, rate: float, duration: float, con
         "requests": len(lat),
         "scheduled": total,
         "errors": pool.errors,
+        "idle_closed": pool.idle_closed,
         "non_2xx": pool.non_2xx,
         "p50_ms": round(percentile(lat, 50) * ms, 3),
         "p90_ms": round(percentile(lat, 90) * ms, 3),

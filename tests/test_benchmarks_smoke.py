@@ -62,3 +62,35 @@ def test_harness_measures_every_variant(tmp_path: Path) -> None:
             # One access line per request (the readiness probe and startup lines add a few).
             assert run["log_lines"] >= run["requests_sent"], f"{name}: access lines are missing"
     assert report["otlp_receiver"]["spans"] > 0, "the OTLP variant exported no span"
+
+
+def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
+    """`benchmarks/faults.py` with tiny durations: every collector fault runs and is reported."""
+    require_executable("uv")
+    require_executable("taskset")
+    if (os.cpu_count() or 1) < 2:
+        unavailable("the harness pins the server and the load generator to two different cores")
+    output = tmp_path / "faults.json"
+    command = [
+        sys.executable,
+        str(TEMPLATE_DIR / "benchmarks" / "faults.py"),
+        "--duration", "1.5",
+        "--rate", "200",
+        "--delay", "1",
+        "--recovery", "1",
+        "--output", str(output),
+        "--workdir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=TEMPLATE_DIR, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"fault mode failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+
+    report = json.loads(output.read_text())
+    assert list(report["results"]) == ["baseline", "healthy", "refused", "black-hole", "slow"]
+    for name, run in report["results"].items():
+        assert re.search(rf"^\| {re.escape(name)} \|", result.stdout, re.MULTILINE), f"no table row for {name}"
+        assert run["exit_code"] == 0, f"{name}: the server did not stop cleanly"
+        assert run["load"]["failed"] == 0, f"{name}: requests failed"
+        assert set(run["load"]["rss_mb"]) == {"third", "two_thirds", "end"}, name
+    assert report["results"]["healthy"]["collector"]["spans"] > 0, "the healthy collector got no span"
+    assert report["results"]["refused"]["export_failure_log_lines"] >= 1, "no export-failure warning"
+    assert report["results"]["refused"]["recovery"]["collector"]["spans"] > 0, "export did not resume"

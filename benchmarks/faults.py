@@ -1,0 +1,344 @@
+"""Trace backend faults: what a dead, hung or slow collector costs the requests (issue 8).
+
+One command (from the template repository's root):
+
+    uv run python benchmarks/faults.py
+
+bakes the metrics + logs variant and the all-on variant (JSON logs, metrics,
+tracing at 100 % sampling, spans exported over OTLP/HTTP) with run.py's
+functions, and runs each scenario below under the same bounded open-loop load
+(`loadgen.py`, default 1500 req/s for 10 s, server on core 0, load and
+collector on core 1):
+
+- baseline: the metrics + logs bake (no tracing);
+- healthy: all on, exporting to `otlp_sink.py`;
+- refused: all on, the endpoint an unused 127.0.0.1 port (connection refused);
+  afterwards `otlp_sink.py` starts on that port and a short load checks that
+  the export resumes;
+- black-hole: all on, a listener that accepts and never answers;
+- slow: all on, a collector that answers every export after --delay seconds.
+
+For each it records p50/p99 latency from the scheduled time, failed or non-2xx
+requests, the server's RSS at 1/3, 2/3 and the end of the load and its peak
+(VmHWM), the log lines that report an export failure, and how long the server
+took to stop. It prints a Markdown table and writes benchmarks/results/faults.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import run as bench
+
+# A log line that reports a failed export or dropped spans (the SDK's and the service's own wording).
+EXPORT_FAILURE = re.compile(
+    r"export.*(fail|error|exception|retry|retrying|timed? ?out|drop)|queue full|dropping", re.IGNORECASE
+)
+METRICS_LOGS = ("use_json_logging", "use_metrics")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    collector: str | None  # None: no tracing; "sink", "refused", "black-hole" or "slow"
+
+    @property
+    def variant(self) -> bench.Variant:
+        if self.collector is None:
+            return bench.Variant(f"fault-{self.name}", self.description, METRICS_LOGS)
+        return bench.Variant(f"fault-{self.name}", self.description, bench.SIGNALS, otlp=True)
+
+
+SCENARIOS = [
+    Scenario("baseline", "metrics + logs bake, no tracing", None),
+    Scenario("healthy", "all on, 100 % sampled, collector healthy", "sink"),
+    Scenario("refused", "all on, collector port closed (connection refused)", "refused"),
+    Scenario("black-hole", "all on, collector accepts and never answers", "black-hole"),
+    Scenario("slow", "all on, collector answers after --delay seconds", "slow"),
+]
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"collector exited ({process.returncode})")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"collector not listening on {port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def collector(python: str, port: int, stats: Path, *extra: str) -> Iterator[dict[str, Any]]:
+    """otlp_sink.py on core 1; yields a dict filled with its counts once it has stopped."""
+    counts: dict[str, Any] = {}
+    stats.unlink(missing_ok=True)  # a kept --workdir may hold an earlier run's counts
+    cmd = ["taskset", "-c", bench.LOAD_CORE, python, str(bench.BENCH_DIR / "otlp_sink.py")]
+    process = subprocess.Popen([*cmd, "--port", str(port), "--stats", str(stats), *extra], env=bench.clean_env())
+    try:
+        wait_listening(port, process)
+        yield counts
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if stats.exists():
+            counts |= json.loads(stats.read_text())
+
+
+def rss_mb(pid: int) -> float:
+    return bench.peak_rss_mb(pid)["VmRSS"]
+
+
+def load_with_rss(load_python: str, pid: int, port: int, rate: float, duration: float) -> dict[str, Any]:
+    """The fixed-rate load, sampling the server's RSS at 1/3, 2/3 and the end of it."""
+    cmd = [
+        "taskset", "-c", bench.LOAD_CORE, load_python, str(bench.BENCH_DIR / "loadgen.py"),
+        "--port", str(port), "--path", bench.TARGET_PATH, "--rate", str(rate), "--duration", str(duration),
+    ]  # fmt: skip
+    start = time.monotonic()
+    samples: dict[str, float] = {}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(cmd, stdout=out, stderr=err)
+        try:
+            for label, fraction in (("third", 1 / 3), ("two_thirds", 2 / 3)):
+                time.sleep(max(0.0, start + duration * fraction - time.monotonic()))
+                samples[label] = rss_mb(pid)
+            process.wait(timeout=duration + 60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({process.returncode}): {err.read().decode()[-2000:]}")
+        result = dict(json.loads(out.read().decode().strip().splitlines()[-1]))
+    memory = bench.peak_rss_mb(pid)
+    samples["end"] = memory["VmRSS"]
+    result["rss_mb"] = samples
+    result["peak_rss_mb"] = memory["VmHWM"]
+    result["failed"] = result["errors"] + result["non_2xx"] + (result["scheduled"] - result["requests"])
+    return result
+
+
+def export_failure_lines(*paths: Path) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    for path in paths:
+        if path.exists():
+            with path.open(errors="replace") as text:
+                lines += [line.strip() for line in text if EXPORT_FAILURE.search(line)]
+    return len(lines), [line[:300] for line in lines[:3]]
+
+
+def measure(scenario: Scenario, python: str, cwd: Path, logs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    variant = scenario.variant
+    result: dict[str, Any] = {"scenario": scenario.name, "description": scenario.description}
+    otlp_port = bench.free_port() if scenario.collector else None
+    stats = logs / f"{scenario.name}-collector.json"
+    with contextlib.ExitStack() as stack:
+        counts: dict[str, Any] | None = None
+        if scenario.collector in ("sink", "slow", "black-hole"):
+            assert otlp_port is not None
+            extra = {"sink": (), "slow": ("--delay", str(args.delay)), "black-hole": ("--black-hole",)}
+            counts = stack.enter_context(collector(args.load_python, otlp_port, stats, *extra[scenario.collector]))
+        server = stack.enter_context(bench.server_for(variant, python, cwd, logs, otlp_port))
+        bench.fixed_rate(args.load_python, server.port, args.rate, 1.0)  # warm-up
+        usage = bench.Usage(server.process.pid)
+        result["load"] = load_with_rss(args.load_python, server.process.pid, server.port, args.rate, args.duration)
+        result["load"] |= usage.stop()
+        if scenario.collector == "refused":
+            # The collector comes back: later batches must reach it.
+            assert otlp_port is not None
+            back = logs / "refused-recovered-collector.json"
+            with collector(args.load_python, otlp_port, back) as recovered:
+                came_back = time.monotonic()
+                recovery = bench.fixed_rate(args.load_python, server.port, args.rate, args.recovery)
+                # The export thread may still be backing off on a failed batch: wait, bounded.
+                first_span_s = None
+                while time.monotonic() < came_back + args.recovery + args.recovery_wait:
+                    if back.exists() and json.loads(back.read_text()).get("spans", 0) > 0:
+                        first_span_s = round(time.monotonic() - came_back, 1)
+                        break
+                    time.sleep(0.2)
+            result["recovery"] = {
+                "load_s": args.recovery,
+                "failed": recovery["errors"] + recovery["non_2xx"] + recovery["scheduled"] - recovery["requests"],
+                "first_span_seen_after_s": first_span_s,
+                "collector": recovered,
+            }
+        stopping = time.monotonic()
+        stack.pop_all().close()  # the server stops first (it flushes spans), then the collector
+    result["stop_s"] = round(time.monotonic() - stopping, 2)
+    result["exit_code"] = server.process.returncode
+    if counts is not None:
+        result["collector"] = counts
+    count, sample = export_failure_lines(server.stdout_path, server.stderr_path)
+    result["export_failure_log_lines"] = count
+    result["export_failure_sample"] = sample
+    with server.stdout_path.open("rb") as out:
+        result["log_lines"] = sum(1 for _ in out)
+    return result
+
+
+def checks(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def check(name: str, value: Any, goal: str, ok: bool) -> None:
+        out.append({"check": name, "value": value, "goal": goal, "met": ok})
+
+    base_p99 = results["baseline"]["load"]["p99_ms"]
+    # A failure warning may repeat once a minute per kind of message: allow a few kinds per minute.
+    max_warnings = 4 * (1 + int((args.duration + args.recovery + 10) // 60))
+    for name, r in results.items():
+        load = r["load"]
+        check(f"{name}: failed requests", load["failed"], "== 0", load["failed"] == 0)
+        if name != "baseline":
+            ratio = round(load["p99_ms"] / base_p99, 2) if base_p99 else None
+            check(f"{name}: p99 x baseline", ratio, "<= 1.10", ratio is not None and ratio <= 1.10)
+        growth = round(load["rss_mb"]["end"] - load["rss_mb"]["third"], 1)
+        check(f"{name}: RSS growth from 1/3 to the end (MB)", growth, "<= 5", growth <= 5)
+        n = r["export_failure_log_lines"]
+        if name in ("refused", "black-hole"):
+            check(f"{name}: export-failure log lines", n, f"1..{max_warnings}", 1 <= n <= max_warnings)
+        elif name == "slow":  # slow is not failed: a warning only if spans were dropped
+            check(f"{name}: export-failure log lines", n, f"<= {max_warnings}", n <= max_warnings)
+    if "refused" in results:
+        spans = results["refused"]["recovery"]["collector"].get("spans", 0)
+        check("refused: spans received once the collector is back", spans, "> 0", spans > 0)
+    return out
+
+
+def markdown(results: dict[str, dict[str, Any]], rate: float, duration: float) -> str:
+    base_p99 = results["baseline"]["load"]["p99_ms"]
+    lines = [
+        f"| Scenario ({rate:g} req/s, {duration:g} s) | p50 ms | p99 ms | p99 x baseline | failed requests "
+        "| RSS MB at 1/3 / 2/3 / end | peak RSS MB | export-failure log lines | spans received | stop s (exit) "
+        "| core 0 taken by others |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        load = r["load"]
+        rss = load["rss_mb"]
+        spans = str(r["collector"].get("spans", "-")) if "collector" in r else "-"
+        if "recovery" in r:
+            back = r["recovery"]
+            spans = (
+                f"{spans} (back: {back['collector'].get('spans', 0)}, first after {back['first_span_seen_after_s']} s)"
+            )
+        lines.append(
+            f"| {name} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} | {load['p99_ms'] / base_p99:.2f} | "
+            f"{load['failed']} | {rss['third']:.1f} / {rss['two_thirds']:.1f} / {rss['end']:.1f} | "
+            f"{load['peak_rss_mb']:.1f} | {r['export_failure_log_lines'] if name != 'baseline' else '-'} | "
+            f"{spans} | {r['stop_s']:.1f} ({r['exit_code']}) | {load['foreign_share_of_core']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1500.0, help="fixed request rate, well below saturation")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario")
+    parser.add_argument("--delay", type=float, default=2.0, help="the slow collector's answer delay (s)")
+    parser.add_argument("--recovery", type=float, default=3.0, help="seconds of load once the collector is back")
+    parser.add_argument(
+        "--recovery-wait", type=float, default=15.0, help="then wait at most this long for the first span"
+    )
+    parser.add_argument("--scenarios", help=f"comma-separated subset of: {','.join(s.name for s in SCENARIOS)}")
+    parser.add_argument("--output", type=Path, default=bench.RESULTS_DIR / "faults.json")
+    parser.add_argument("--template", type=Path, default=bench.TEMPLATE_DIR)
+    parser.add_argument("--workdir", type=Path, help="keep bakes and venvs here (default: a temporary directory)")
+    args = parser.parse_args()
+    args.template = args.template.resolve()
+    scenarios = SCENARIOS
+    if args.scenarios:
+        wanted = set(args.scenarios.split(",")) | {"baseline"}
+        unknown = wanted - {s.name for s in SCENARIOS}
+        if unknown:
+            sys.exit(f"unknown scenarios: {sorted(unknown)}")
+        scenarios = [s for s in SCENARIOS if s.name in wanted]
+    for tool in ("uv", "taskset"):
+        bench.require(tool)
+    python = bench.find_python()
+
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            workdir = args.workdir.resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-faults-")))
+        logs = workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        bakes: dict[tuple[str, ...], tuple[str, Path]] = {}
+        for s in scenarios:
+            signals = s.variant.signals
+            if signals not in bakes:
+                bench.log(f"baking and installing {s.variant.bake_key}")
+                project = bench.bake(args.template, workdir, s.variant.bake_key, signals)
+                bakes[signals] = (bench.make_venv(project, python), project)
+        # The all-on venv has opentelemetry-proto: the collector counts spans with it.
+        args.load_python = bakes.get(bench.SIGNALS, next(iter(bakes.values())))[0]
+        versions = bench.installed_versions(
+            args.load_python, ["opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "uvicorn"]
+        )
+        results: dict[str, dict[str, Any]] = {}
+        for s in scenarios:
+            py, cwd = bakes[s.variant.signals]
+            r = results[s.name] = measure(s, py, cwd, logs, args)
+            load = r["load"]
+            bench.log(
+                f"{s.name:10} p50 {load['p50_ms']} p99 {load['p99_ms']} ms  failed {load['failed']}  "
+                f"RSS {load['rss_mb']}  HWM {load['peak_rss_mb']} MB  "
+                f"export-failure lines {r['export_failure_log_lines']}  stop {r['stop_s']} s"
+            )
+
+    table = markdown(results, args.rate, args.duration)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "method": {
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "slow_collector_delay_s": args.delay,
+            "recovery_load_s": args.recovery,
+            "server_core": bench.SERVER_CORE,
+            "load_core": bench.LOAD_CORE,
+            "endpoint": bench.TARGET_PATH,
+            "latency_generator": "benchmarks/loadgen.py, open loop, 32 connections",
+            "env": "APP_ENVIRONMENT=production APP_LOG_FORMAT=json, OTel defaults (BSP queue 2048)",
+        },
+        "versions": versions,
+        "results": results,
+        "checks": checks(results, args),
+        "markdown": table,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    print()
+    for c in report["checks"]:
+        print(f"- {'PASS' if c['met'] else 'MISS'} {c['check']}: {c['value']} (goal {c['goal']})")
+    print(f"\nJSON: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
