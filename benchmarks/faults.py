@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -95,13 +94,7 @@ def collector(python: str, port: int, stats: Path, *extra: str) -> Iterator[dict
         wait_listening(port, process)
         yield counts
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        bench.stop(process, timeout=10)
         if stats.exists():
             counts |= json.loads(stats.read_text())
 

@@ -211,6 +211,17 @@ class Server:
     stderr_path: Path
 
 
+def stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, as an orchestrator stops a service; SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def wait_ready(server: Server, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -290,13 +301,7 @@ def server_for(variant: Variant, python: str, cwd: Path, logs: Path, otlp_port: 
         wait_ready(server)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=20)
 
 
 def peak_rss_mb(pid: int) -> dict[str, float]:

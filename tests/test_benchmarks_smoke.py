@@ -25,11 +25,15 @@ VARIANTS = {"bare", "logs", "metrics", "tracing", "metrics+logs", "all-100", "al
 WITH_LOGS = {"logs", "metrics+logs", "all-100", "all-10", "all-100-otlp", "peer"}
 
 
-def test_harness_measures_every_variant(tmp_path: Path) -> None:
-    for tool in ("uv", "wrk", "taskset"):
+def require_harness_tools(*tools: str) -> None:
+    for tool in tools:
         require_executable(tool)
     if (os.cpu_count() or 1) < 2:
         unavailable("the harness pins the server and the load generator to two different cores")
+
+
+def test_harness_measures_every_variant(tmp_path: Path) -> None:
+    require_harness_tools("uv", "wrk", "taskset")
     output = tmp_path / "latest.json"
     command = [
         sys.executable,
@@ -66,10 +70,7 @@ def test_harness_measures_every_variant(tmp_path: Path) -> None:
 
 def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
     """`benchmarks/faults.py` with tiny durations: every collector fault runs and is reported."""
-    require_executable("uv")
-    require_executable("taskset")
-    if (os.cpu_count() or 1) < 2:
-        unavailable("the harness pins the server and the load generator to two different cores")
+    require_harness_tools("uv", "taskset")
     output = tmp_path / "faults.json"
     command = [
         sys.executable,

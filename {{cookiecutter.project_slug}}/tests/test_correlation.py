@@ -5,36 +5,46 @@ import time
 
 import httpx
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
-from conftest import StartServer
+from conftest import Server, StartServer
 from otlp_receiver import OtlpReceiver
+
+
+def one_request(
+    start_server: StartServer, receiver: OtlpReceiver, path: str, **env: str
+) -> tuple[Server, list[Sample]]:
+    """Serve one request, scrape in OpenMetrics, stop: the server and the route's buckets."""
+    server = start_server(
+        {
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "APP_LOG_FORMAT": "json",
+            **env,
+        }
+    )
+    assert httpx.get(f"{server.url}{path}").status_code == 200
+    scrape = httpx.get(
+        f"{server.url}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    ).text
+    assert server.stop() == 0
+    buckets = [
+        s
+        for family in text_string_to_metric_families(scrape)
+        for s in family.samples
+        if s.name == "http_server_request_duration_seconds_bucket"
+        and s.labels["http_route"] == "/api/items/{item_id}"
+    ]
+    assert buckets, "the request was measured"
+    return server, buckets
 
 
 def test_access_log_exemplar_and_span_share_the_trace_id(start_server: StartServer) -> None:
     with OtlpReceiver() as receiver:
-        server = start_server(
-            {
-                "OTEL_SDK_DISABLED": "false",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_BSP_SCHEDULE_DELAY": "50",
-                "APP_LOG_FORMAT": "json",
-            }
-        )
-        assert httpx.get(f"{server.url}/api/items/77").status_code == 200
-        scrape = httpx.get(
-            f"{server.url}/metrics",
-            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
-        ).text
-        assert server.stop() == 0
-
-        exemplars = [
-            s.exemplar
-            for family in text_string_to_metric_families(scrape)
-            for s in family.samples
-            if s.name == "http_server_request_duration_seconds_bucket"
-            and s.labels["http_route"] == "/api/items/{item_id}"
-            and s.exemplar is not None
-        ]
+        server, buckets = one_request(start_server, receiver, "/api/items/77")
+        exemplars = [s.exemplar for s in buckets if s.exemplar is not None]
         assert len(exemplars) == 1
         exemplar_trace_id = exemplars[0].labels["trace_id"]
 
@@ -55,27 +65,8 @@ def test_access_log_exemplar_and_span_share_the_trace_id(start_server: StartServ
 
 def test_unsampled_requests_carry_no_exemplar(start_server: StartServer) -> None:
     with OtlpReceiver() as receiver:
-        server = start_server(
-            {
-                "OTEL_SDK_DISABLED": "false",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_TRACES_SAMPLER": "always_off",
-                "APP_LOG_FORMAT": "json",
-            }
+        _, buckets = one_request(
+            start_server, receiver, "/api/items/78", OTEL_TRACES_SAMPLER="always_off"
         )
-        assert httpx.get(f"{server.url}/api/items/78").status_code == 200
-        scrape = httpx.get(
-            f"{server.url}/metrics",
-            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
-        ).text
-        assert server.stop() == 0
-    buckets = [
-        s
-        for family in text_string_to_metric_families(scrape)
-        for s in family.samples
-        if s.name == "http_server_request_duration_seconds_bucket"
-        and s.labels["http_route"] == "/api/items/{item_id}"
-    ]
-    assert buckets, "the request was measured"
     assert all(s.exemplar is None for s in buckets), "an exemplar must point to a kept trace"
     assert receiver.snapshot() == []
