@@ -275,13 +275,8 @@ def main() -> None:
     python = bench.find_python()
 
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            workdir = args.workdir.resolve()
-            workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-faults-")))
+        workdir = bench.make_workdir(stack, args.workdir, "bench-faults-")
         logs = workdir / "logs"
-        logs.mkdir(exist_ok=True)
         bakes: dict[tuple[str, ...], tuple[str, Path]] = {}
         for s in scenarios:
             signals = s.variant.signals

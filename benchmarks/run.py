@@ -211,6 +211,17 @@ class Server:
     stderr_path: Path
 
 
+def make_workdir(stack: contextlib.ExitStack, kept: Path | None, prefix: str) -> Path:
+    """The given --workdir (kept afterwards), or a temporary one; with its logs/ folder."""
+    if kept:
+        workdir = kept.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    (workdir / "logs").mkdir(exist_ok=True)
+    return workdir
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM, as an orchestrator stops a service; SIGKILL if it does not exit in time."""
     if process.poll() is None:
@@ -511,6 +522,15 @@ def spread(values: list[float], digits: int = 2) -> dict[str, float]:
     }
 
 
+def throughput_ratios(by_rep: dict[Any, dict[str, Any]], name: str, reference: str) -> list[float]:
+    """Throughput of `name` over `reference`, each pair from the same round."""
+    return [
+        rep[name]["throughput"]["rps"] / rep[reference]["throughput"]["rps"]
+        for rep in by_rep.values()
+        if name in rep and reference in rep
+    ]
+
+
 def summarize(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, Any]:
     by_rep: dict[int, dict[str, dict[str, Any]]] = {}
     for r in runs:
@@ -531,22 +551,14 @@ def summarize(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, 
             "rps": spread(rps, 0),
             "peak_rss_mb": spread([r["memory_mb"]["VmHWM"] for r in mine], 1),
         }
-        ratios = [
-            rep[v.name]["throughput"]["rps"] / rep["bare"]["throughput"]["rps"]
-            for rep in by_rep.values()
-            if v.name in rep and "bare" in rep
-        ]
+        ratios = throughput_ratios(by_rep, v.name, "bare")
         if ratios:
             s["ratio_to_bare"] = spread(ratios)
             s["ratio_to_bare_per_cpu_second"] = spread(per_cpu)
         s["server_cpu_share"] = spread([r["throughput"]["server_cpu_share"] for r in mine])
         s["foreign_share_of_core"] = spread([r["throughput"]["foreign_share_of_core"] for r in mine])
         s["contended_runs"] = sum(1 for r in mine if r.get("contended"))
-        peer_ratios = [
-            rep[v.name]["throughput"]["rps"] / rep["peer"]["throughput"]["rps"]
-            for rep in by_rep.values()
-            if v.name in rep and "peer" in rep
-        ]
+        peer_ratios = throughput_ratios(by_rep, v.name, "peer")
         if peer_ratios:
             s["ratio_to_peer"] = spread(peer_ratios)
         if all("latency" in r for r in mine):
@@ -669,13 +681,8 @@ def main() -> None:
     python = find_python()
 
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            workdir = args.workdir.resolve()
-            workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        workdir = make_workdir(stack, args.workdir, "bench-")
         logs = workdir / "logs"
-        logs.mkdir(exist_ok=True)
 
         log(f"baking and installing {len({v.bake_key for v in variants})} variants with {python}")
         pythons: dict[str, tuple[str, Path]] = {}

@@ -32,27 +32,36 @@ def require_harness_tools(*tools: str) -> None:
         unavailable("the harness pins the server and the load generator to two different cores")
 
 
-def test_harness_measures_every_variant(tmp_path: Path) -> None:
-    require_harness_tools("uv", "wrk", "taskset")
-    output = tmp_path / "latest.json"
+def run_harness(script: str, tmp_path: Path, *args: str) -> tuple[Path, str]:
+    """Run a harness script with tiny durations; its JSON report and its stdout."""
+    output = tmp_path / "report.json"
     command = [
         sys.executable,
-        str(TEMPLATE_DIR / "benchmarks" / "run.py"),
+        str(TEMPLATE_DIR / "benchmarks" / script),
+        *args,
+        "--output", str(output),
+        "--workdir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=TEMPLATE_DIR, capture_output=True, text=True, timeout=1200, check=False)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return output, result.stdout
+
+
+def test_harness_measures_every_variant(tmp_path: Path) -> None:
+    require_harness_tools("uv", "wrk", "taskset")
+    output, stdout = run_harness(
+        "run.py",
+        tmp_path,
         "--repetitions", "1",
         "--duration", "1",
         "--rate", "200",
         "--no-meta",
         "--retries", "0",
-        "--output", str(output),
-        "--workdir", str(tmp_path / "work"),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=TEMPLATE_DIR, capture_output=True, text=True, timeout=1200, check=False)
-    assert result.returncode == 0, f"harness failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-
+    )  # fmt: skip
     report = json.loads(output.read_text())
     assert set(report["summary"]) == VARIANTS
     for name in VARIANTS:  # a star marks a contended variant
-        assert re.search(rf"^\| {re.escape(name)}( \*)? \|", result.stdout, re.MULTILINE), f"no table row for {name}"
+        assert re.search(rf"^\| {re.escape(name)}( \*)? \|", stdout, re.MULTILINE), f"no table row for {name}"
     for run in report["runs"]:
         name = run["variant"]
         # `python -m <package>` exits 0 on SIGTERM; plain `uvicorn` re-raises the signal once it has drained.
@@ -71,24 +80,18 @@ def test_harness_measures_every_variant(tmp_path: Path) -> None:
 def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
     """`benchmarks/faults.py` with tiny durations: every collector fault runs and is reported."""
     require_harness_tools("uv", "taskset")
-    output = tmp_path / "faults.json"
-    command = [
-        sys.executable,
-        str(TEMPLATE_DIR / "benchmarks" / "faults.py"),
+    output, stdout = run_harness(
+        "faults.py",
+        tmp_path,
         "--duration", "1.5",
         "--rate", "200",
         "--delay", "1",
         "--recovery", "1",
-        "--output", str(output),
-        "--workdir", str(tmp_path / "work"),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=TEMPLATE_DIR, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, f"fault mode failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-
+    )  # fmt: skip
     report = json.loads(output.read_text())
     assert list(report["results"]) == ["baseline", "healthy", "refused", "black-hole", "slow"]
     for name, run in report["results"].items():
-        assert re.search(rf"^\| {re.escape(name)} \|", result.stdout, re.MULTILINE), f"no table row for {name}"
+        assert re.search(rf"^\| {re.escape(name)} \|", stdout, re.MULTILINE), f"no table row for {name}"
         assert run["exit_code"] == 0, f"{name}: the server did not stop cleanly"
         assert run["load"]["failed"] == 0, f"{name}: requests failed"
         assert set(run["load"]["rss_mb"]) == {"third", "two_thirds", "end"}, name
