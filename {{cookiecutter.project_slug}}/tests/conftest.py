@@ -18,8 +18,10 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+{%- if cookiecutter.use_tracing %}
 # In-process apps export no spans; tests that check spans start a server with a receiver.
 os.environ["OTEL_SDK_DISABLED"] = "true"
+{%- endif %}
 
 
 @pytest.fixture
@@ -49,7 +51,9 @@ class Server:
             "APP_HOST": "127.0.0.1",
             "APP_PORT": str(self.port),
             "APP_ENVIRONMENT": "test",
+{%- if cookiecutter.use_tracing %}
             "OTEL_SDK_DISABLED": "true",
+{%- endif %}
             **env,
         }
         self.process = subprocess.Popen(

@@ -1,8 +1,12 @@
+{% if cookiecutter.use_tracing -%}
 """Every setting of the service, read from the environment (prefix ``APP_``).
 
 Tracing is configured by the standard ``OTEL_*`` variables on top of these,
 so that operators can use what they already know from other services.
 """
+{%- else -%}
+"""Every setting of the service, read from the environment (prefix ``APP_``)."""
+{%- endif %}
 
 from functools import lru_cache
 {%- if cookiecutter.use_json_logging %}
