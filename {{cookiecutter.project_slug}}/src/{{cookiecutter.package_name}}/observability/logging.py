@@ -19,11 +19,12 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import FrameType
+from types import CodeType, FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -99,7 +100,7 @@ class BufferedWriter:
             batch.append(
                 orjson.dumps(
                     {
-                        "timestamp": _rfc3339(datetime.now(UTC)),
+                        "timestamp": _utc_now(),
                         "level": "WARNING",
                         "message": f"log buffer full: dropped {dropped} log lines while stdout was blocked",
                         "logger": __name__,
@@ -126,6 +127,8 @@ class JsonFormatter:
             "deployment_environment": settings.environment,
         }
         self._max = settings.log_max_value_length
+        # Where log_request was called from -> (code, module, function, line): a few call sites.
+        self._origins: dict[tuple[int, int], tuple[CodeType, str, str, int]] = {}
 
     def __call__(self, record: "Record") -> bytes:
         extra = record["extra"]
@@ -169,14 +172,24 @@ class JsonFormatter:
         It is written once per request: skipping loguru's record halves its cost.
         """
         cut = self._cut
+        code = caller.f_code
+        origin = self._origins.get((id(code), caller.f_lasti))
+        if origin is None or origin[0] is not code:  # hashing a code object is slow; its id is not
+            origin = self._origins[id(code), caller.f_lasti] = (
+                code,
+                caller.f_globals["__name__"].rpartition(".")[2],
+                code.co_name,
+                caller.f_lineno,
+            )
         entry: dict[str, Any] = {
-            "timestamp": _rfc3339(datetime.now(UTC)),
+            "timestamp": _utc_now(),
             "level": level,
-            "message": cut(f"{info.method} {info.route} {info.status}"),
+            # Method and route are bounded (see context.py); only the path needs cutting.
+            "message": f"{info.method} {info.route} {info.status}",
             "logger": "access",
-            "module": caller.f_globals["__name__"].rpartition(".")[2],
-            "function": caller.f_code.co_name,
-            "line": caller.f_lineno,
+            "module": origin[1],
+            "function": origin[2],
+            "line": origin[3],
             **self._static,
         }
         if info.trace_id is not None:
@@ -187,7 +200,7 @@ class JsonFormatter:
         entry["route"] = info.route
         entry["path"] = cut(info.path)
         entry["status"] = info.status
-        entry["duration_ms"] = round(info.duration * 1000, 3)
+        entry["duration_ms"] = round(info.duration * 1e6) / 1e3  # round(x, 3) is 5 times slower
         entry["client"] = info.client
         entry["user_agent"] = None if info.user_agent is None else cut(info.user_agent)
         return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
@@ -201,6 +214,20 @@ class JsonFormatter:
 def _rfc3339(moment: datetime) -> str:
     """2026-01-31T12:00:00.123456Z: UTC, as log collectors parse it fastest."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def _utc_now() -> str:
+    """The current time as `_rfc3339` writes it, formatting the date once a second."""
+    global _second_prefix  # noqa: PLW0603 - a one-entry cache, replaced atomically
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached_second, prefix = _second_prefix
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{micros:06d}Z"
 
 
 class InterceptHandler(logging.Handler):
@@ -299,7 +326,7 @@ def log_request(info: RequestInfo) -> None:
         route=info.route,
         path=info.path,
         status=info.status,
-        duration_ms=round(info.duration * 1000, 3),
+        duration_ms=round(info.duration * 1e6) / 1e3,
         client=info.client,
         user_agent=info.user_agent,
     ).log(level, f"{info.method} {info.route} {info.status}")
