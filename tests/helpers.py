@@ -21,6 +21,9 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 REQUIRE_ALL_TIERS = os.environ.get("REQUIRE_ALL_TIERS") == "1"
 # In CI the template is a fresh clone with ../shared beside it.
 SHARED_TOOLS = TEMPLATE_DIR.parent / "shared" / "tools"
+# Set where a registry is reachable (the template's GitHub workflow): the real
+# images are pulled instead of building local stand-ins.
+PULL_IMAGES = os.environ.get("PULL_IMAGES") == "1"
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.8"
 
 
@@ -49,13 +52,19 @@ def require_docker() -> None:
 
 
 def require_image(image: str) -> None:
-    """A (stand-in) image must exist locally; nothing can be pulled here."""
+    """A (stand-in) image must exist locally, or be pulled when PULL_IMAGES=1."""
     require_docker()
     result = subprocess.run(
         ["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60, check=False
     )
-    if result.returncode != 0:
-        unavailable(f"image {image} is not present (build stand-ins with ../shared/tools/standins.sh)")
+    if result.returncode == 0:
+        return
+    if PULL_IMAGES:
+        pulled = subprocess.run(["docker", "pull", image], capture_output=True, text=True, timeout=600, check=False)
+        if pulled.returncode == 0:
+            return
+        unavailable(f"image {image} could not be pulled: {pulled.stderr.strip()[-500:]}")
+    unavailable(f"image {image} is not present (build stand-ins with ../shared/tools/standins.sh)")
 
 
 def find_python(version: str) -> str:
@@ -141,6 +150,8 @@ def lock_project(project: Path, python_version: str) -> None:
 
 def build_standins(file: Path) -> None:
     """Stand-ins for the images a Dockerfile or a resolved compose file names (nothing can be pulled here)."""
+    if PULL_IMAGES:
+        return  # the real images: `require_image` pulls them, and so do builds of missing bases
     script = SHARED_TOOLS / "standins.sh"
     if not script.exists():
         unavailable(f"{script} is missing: cannot provide base images without a registry")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import require_executable
+from helpers import TEMPLATE_DIR, require_executable
 
 pytestmark = pytest.mark.fast
 
@@ -121,3 +121,55 @@ def test_no_workflow_without_github_actions(bake_once: Any) -> None:
     project = bake_once(use_github_actions=False)
     assert not (project / ".github").exists()
     assert (project / "Dockerfile").exists()
+
+
+# --- the template's own workflow -----------------------------------------------------------
+
+TEMPLATE_WORKFLOW = TEMPLATE_DIR / ".github" / "workflows" / "ci.yml"
+
+
+def test_template_workflow_matches_the_github_schema() -> None:
+    check = require_executable("check-jsonschema")
+    result = subprocess.run(
+        [check, "--builtin-schema", "vendor.github-workflows", str(TEMPLATE_WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_workflow_runs_the_readme_tests_and_audits_a_default_bake(bake_once: Any) -> None:
+    workflow = yaml.safe_load(TEMPLATE_WORKFLOW.read_text())
+    text = TEMPLATE_WORKFLOW.read_text()
+    jobs = workflow["jobs"]
+    assert set(jobs) == {"test", "audit"}
+    assert workflow["permissions"] == {"contents": "read"}
+
+    readme = (TEMPLATE_DIR / "README.md").read_text()
+    test_command = re.search(r"<!-- test-command -->.*?^(uv .+?)$.*?<!-- /test-command -->", readme, re.S | re.M)
+    assert test_command, "README.md gives its test command between the markers"
+    pytest_step = next(step for step in jobs["test"]["steps"] if step.get("run") == test_command.group(1))
+    assert pytest_step["env"] == {"REQUIRE_ALL_TIERS": "1", "PULL_IMAGES": "1"}, "nothing may skip there either"
+
+    audit = "\n".join(step.get("run", "") for step in jobs["audit"]["steps"])
+    default_slug = bake_once().name
+    assert "cookiecutter --no-input" in audit
+    assert f"uv lock --directory \"$RUNNER_TEMP/bake/{default_slug}\"" in audit
+    assert "--locked --no-dev --no-emit-project" in audit
+    assert "pip-audit==" in audit and "--strict" in audit
+    assert any(entry.get("cron") for entry in workflow[True]["schedule"]), "new advisories are caught weekly"
+
+    ci_run = (TEMPLATE_DIR / ".ci" / "run").read_text()
+    uv_pin = re.search(r'"uv==([\d.]+)"', ci_run)
+    assert uv_pin and workflow["env"]["UV_VERSION"] == uv_pin.group(1), "one uv version for both CIs"
+
+    for job in jobs.values():
+        assert job.get("timeout-minutes")
+        assert job["steps"][0]["with"]["persist-credentials"] is False
+    for line in text.splitlines():
+        if line.strip().startswith(("uses:", "- uses:")):
+            assert PINNED.match(line.split("uses:", 1)[1].strip()), line
+    for step in _steps(workflow):
+        assert "${{" not in step.get("run", ""), step

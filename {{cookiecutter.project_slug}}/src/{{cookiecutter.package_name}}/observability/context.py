@@ -19,7 +19,7 @@ from fastapi.routing import iter_route_contexts
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -170,7 +170,7 @@ class RequestContextMiddleware:
         span: Span | None = None
         error_type: str | None = None
         if self.tracer is not None:
-            span, span_token = self._start_span(self.tracer, scope, method, route)
+            span, span_token, span_context = self._start_span(self.tracer, scope, method, route)
         start = perf_counter()
 
         async def send_with_ids(message: Message) -> None:
@@ -188,7 +188,8 @@ class RequestContextMiddleware:
             raise
         finally:
             duration = perf_counter() - start
-            span_context = (span or trace.get_current_span()).get_span_context()
+            if span is None:
+                span_context = trace.get_current_span().get_span_context()
             valid = span_context.is_valid
             info = RequestInfo(
                 method=method,
@@ -212,7 +213,7 @@ class RequestContextMiddleware:
 
     def _start_span(
         self, tracer: trace.Tracer, scope: Scope, method: str, route: str
-    ) -> tuple[Span, Token[Context]]:
+    ) -> tuple[Span, Token[Context], SpanContext]:
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -240,7 +241,7 @@ class RequestContextMiddleware:
         if span_context.is_valid:
             # The error handlers run outside this middleware, after the span is detached.
             scope["state"]["trace_id"] = format(span_context.trace_id, "032x")
-        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, otel_context.attach(trace.set_span_in_context(span, parent)), span_context
 
 
 def _end_span(span: Span, status: int, error_type: str | None) -> None:
