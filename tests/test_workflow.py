@@ -156,7 +156,7 @@ def test_template_workflow_runs_the_readme_tests_and_audits_a_default_bake(bake_
     audit = "\n".join(step.get("run", "") for step in jobs["audit"]["steps"])
     default_slug = bake_once().name
     assert "cookiecutter --no-input" in audit
-    assert f"uv lock --directory \"$RUNNER_TEMP/bake/{default_slug}\"" in audit
+    assert f'uv lock --directory "$RUNNER_TEMP/bake/{default_slug}"' in audit
     assert "--locked --no-dev --no-emit-project" in audit
     assert "pip-audit==" in audit and "--strict" in audit
     assert any(entry.get("cron") for entry in workflow[True]["schedule"]), "new advisories are caught weekly"
