@@ -1,6 +1,7 @@
 """Traces: spans decoded off the wire from a real OTLP/HTTP receiver."""
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from conftest import Server, StartServer, free_port
+from {{ cookiecutter.package_name }}.observability.tracing import RateLimitFilter
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
@@ -213,3 +215,55 @@ def test_export_resumes_when_the_backend_returns(start_server: StartServer) -> N
                 timeout=20,
             )
     assert any(span.name == "GET /api/items/{item_id}" for span in spans)
+
+
+@pytest.fixture
+def flooded_logger() -> Iterator[tuple[logging.Logger, list[str], list[int]]]:
+    """A logger with a rate limit, the messages that got out, and how many records were built."""
+    logger = logging.getLogger("test.export-flood")
+    emitted: list[str] = []
+    built = [0]
+    factory = logging.getLogRecordFactory()
+
+    def counting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        built[0] += 1
+        return factory(*args, **kwargs)
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            emitted.append(record.getMessage())
+
+    handler = Collect()
+    logging.setLogRecordFactory(counting_factory)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield logger, emitted, built
+    finally:
+        logging.setLogRecordFactory(factory)
+        logger.removeHandler(handler)
+        logger.filters.clear()
+        logger.disabled = False
+
+
+def test_a_flood_of_export_warnings_is_cut_before_records_are_built(
+    flooded_logger: tuple[logging.Logger, list[str], list[int]],
+) -> None:
+    # The SDK warns once per dropped span: thousands a second while the queue is full.
+    logger, emitted, built = flooded_logger
+    logger.addFilter(RateLimitFilter(interval_seconds=0.6, mute_seconds=0.2))
+    for _ in range(10_000):
+        logger.warning("Queue full, dropping %s.", "span")
+    assert emitted == ["Queue full, dropping span."]
+    assert built[0] == 2, "after the first repeat the logger is muted: no record is even built"
+
+    time.sleep(0.3)  # the mute is over, the interval is not
+    logger.warning("Queue full, dropping %s.", "span")
+    assert built[0] == 3
+    assert len(emitted) == 1
+
+    time.sleep(0.5)  # the interval is over: the next one gets out, with the count
+    logger.warning("Queue full, dropping %s.", "span")
+    assert emitted[1] == "Queue full, dropping span. (at least 2 similar messages suppressed)"
+    logger.warning("Exception while exporting %s.", "span")
+    assert emitted[2] == "Exception while exporting span.", "other messages have their own budget"

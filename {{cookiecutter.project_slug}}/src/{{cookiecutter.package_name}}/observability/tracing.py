@@ -52,13 +52,22 @@ _provider: TracerProvider | None = None
 
 
 class RateLimitFilter(logging.Filter):
-    """Lets one record per message template through per interval, counting the rest."""
+    """Lets one record per message template through per interval, counting the rest.
 
-    def __init__(self, interval_seconds: float = 60.0) -> None:
+    A filter runs only after the record exists (a stack walk and a LogRecord,
+    several microseconds), and the SDK logs once per dropped span: thousands a
+    second while a dead collector keeps the queue full. So a logger that
+    repeats itself is also muted for `mute_seconds`; its records are then not
+    even created, and the count of suppressed ones becomes a lower bound.
+    """
+
+    def __init__(self, interval_seconds: float = 60.0, mute_seconds: float = 1.0) -> None:
         super().__init__()
         self.interval = interval_seconds
+        self.mute_seconds = mute_seconds
         self._last: dict[tuple[str, object], float] = {}
         self._suppressed: dict[tuple[str, object], int] = {}
+        self._muted: set[str] = set()
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -67,12 +76,27 @@ class RateLimitFilter(logging.Filter):
         with self._lock:
             if now - self._last.get(key, -self.interval) < self.interval:
                 self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                self._mute(record.name)
                 return False
             self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
         if suppressed:
-            record.msg = f"{record.msg} ({suppressed} similar messages suppressed)"
+            record.msg = f"{record.msg} (at least {suppressed} similar messages suppressed)"
         return True
+
+    def _mute(self, name: str) -> None:
+        if name in self._muted:
+            return
+        self._muted.add(name)
+        logging.getLogger(name).disabled = True  # checked before a record is built
+        unmute = threading.Timer(self.mute_seconds, self._unmute, (name,))
+        unmute.daemon = True
+        unmute.start()
+
+    def _unmute(self, name: str) -> None:
+        with self._lock:
+            self._muted.discard(name)
+            logging.getLogger(name).disabled = False
 
 
 _rate_limit = RateLimitFilter()
