@@ -87,14 +87,23 @@ def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
         "--rate", "200",
         "--delay", "1",
         "--recovery", "1",
+        "--repetitions", "1",
     )  # fmt: skip
     report = json.loads(output.read_text())
-    assert list(report["results"]) == ["baseline", "healthy", "refused", "black-hole", "slow"]
-    for name, run in report["results"].items():
+    names = ["baseline", "no-export", "healthy", "refused", "black-hole", "slow"]
+    assert [list(one_round) for one_round in report["rounds"]] == [names]
+    assert list(report["summary"]) == names
+    results = report["rounds"][0]
+    for name, run in results.items():
         assert re.search(rf"^\| {re.escape(name)} \|", stdout, re.MULTILINE), f"no table row for {name}"
         assert run["exit_code"] == 0, f"{name}: the server did not stop cleanly"
         assert run["load"]["failed"] == 0, f"{name}: requests failed"
         assert set(run["load"]["rss_mb"]) == {"third", "two_thirds", "end"}, name
-    assert report["results"]["healthy"]["collector"]["spans"] > 0, "the healthy collector got no span"
-    assert report["results"]["refused"]["export_failure_log_lines"] >= 1, "no export-failure warning"
-    assert report["results"]["refused"]["recovery"]["collector"]["spans"] > 0, "export did not resume"
+    assert results["healthy"]["collector"]["spans"] > 0, "the healthy collector got no span"
+    assert results["refused"]["export_failure_log_lines"] >= 1, "no export-failure warning"
+    assert results["refused"]["recovery"]["collector"]["spans"] > 0, "export did not resume"
+    assert report["summary"]["slow"]["p99_x_no_export"] is not None
+    assert {check["check"] for check in report["checks"]} >= {
+        "refused: p99 x no-export (the fault's own cost)",
+        "black-hole: p99 x baseline (no tracing)",
+    }
