@@ -185,6 +185,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_ids)
         except BaseException as exc:
             error_type = type(exc).__qualname__
+            if span is not None and span_context.is_valid:
+                # Its error handler runs outside this middleware, once the span is detached.
+                scope["state"]["trace_id"] = format(span_context.trace_id, "032x")
             raise
         finally:
             duration = perf_counter() - start
@@ -237,11 +240,8 @@ class RequestContextMiddleware:
                 attributes["server.port"] = server[1]
         name = method if route == UNMATCHED_ROUTE else f"{method} {route}"
         span = tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
-        span_context = span.get_span_context()
-        if span_context.is_valid:
-            # The error handlers run outside this middleware, after the span is detached.
-            scope["state"]["trace_id"] = format(span_context.trace_id, "032x")
-        return span, otel_context.attach(trace.set_span_in_context(span, parent)), span_context
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, token, span.get_span_context()
 
 
 def _end_span(span: Span, status: int, error_type: str | None) -> None:
