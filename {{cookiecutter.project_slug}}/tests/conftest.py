@@ -25,8 +25,12 @@ os.environ["OTEL_SDK_DISABLED"] = "true"
 
 
 @pytest.fixture
-def client() -> Iterator[TestClient]:
-    settings = Settings(environment="test"{% if cookiecutter.use_json_logging %}, log_format="console"{% endif %})
+def settings() -> Settings:
+    return Settings(environment="test"{% if cookiecutter.use_json_logging %}, log_format="console"{% endif %})
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -1,5 +1,6 @@
 """The application factory: settings, then observability, then routes."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -56,6 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
             app.state.http_client = client
             app.state.shutting_down = False
+            # What startup built lives as long as the process. Frozen, it is left out of
+            # the collector's full passes, each of which would otherwise walk all of it
+            # and stall every request for about 30 ms (measured in benchmarks/).
+            gc.collect()
+            gc.freeze()
             yield
             app.state.shutting_down = True
 {%- if cookiecutter.use_tracing %}
