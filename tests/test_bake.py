@@ -50,7 +50,7 @@ TRACES_OF = {
         "readme": ["/metrics", "APP_METRICS_PORT"],
     },
     "use_tracing": {
-        "python": [r"opentelemetry\.sdk", r"opentelemetry\.exporter", r"\.tracing import", r"instrument_client"],
+        "python": [r"\bopentelemetry\b", r"\.tracing import", r"instrument_client", r"X-Trace-Id", r"\bSpan\b"],
         "dependencies": [
             "opentelemetry-sdk",
             "opentelemetry-exporter-otlp-proto-http",

@@ -39,7 +39,11 @@ def assert_error(body: dict[str, object], status: int) -> dict[str, object]:
     assert error["status"] == status
     assert isinstance(error["message"], str)
     assert isinstance(error["request_id"], str)
+{%- if cookiecutter.use_tracing %}
     assert "trace_id" in error
+{%- else %}
+    assert set(error) <= {"status", "message", "request_id", "details"}
+{%- endif %}
     return error
 
 

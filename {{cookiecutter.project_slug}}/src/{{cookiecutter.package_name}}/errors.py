@@ -1,10 +1,18 @@
 """One JSON error format for every error the service returns.
+{%- if cookiecutter.use_tracing %}
 
     {"error": {"status": 404, "message": "...", "request_id": "...", "trace_id": "..."}}
 
 Server errors carry the trace_id (also in the `X-Trace-Id` header) so that a
 user can paste it into the tracing UI. Stack traces go to the logs, never to
 the client, unless debug mode is on.
+{%- else %}
+
+    {"error": {"status": 404, "message": "...", "request_id": "..."}}
+
+The request_id is also in the `X-Request-ID` response header. Stack traces
+go to the logs, never to the client, unless debug mode is on.
+{%- endif %}
 """
 
 import traceback
@@ -18,7 +26,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .observability.context import current_trace_ids
+{%- if cookiecutter.use_tracing %}
+
+from .observability.tracing import current_trace_ids
+{%- endif %}
 
 
 def error_response(
@@ -29,20 +40,26 @@ def error_response(
     details: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+{%- if cookiecutter.use_tracing %}
     ids = current_trace_ids()
     # Unhandled errors reach their handler after the request's span has been detached.
     trace_id = ids[0] if ids else getattr(request.state, "trace_id", None)
+{%- endif %}
     body: dict[str, Any] = {
         "status": status,
         "message": message,
         "request_id": getattr(request.state, "request_id", None),
+{%- if cookiecutter.use_tracing %}
         "trace_id": trace_id,
+{%- endif %}
     }
     if details is not None:
         body["details"] = details
     headers = dict(headers or {})
+{%- if cookiecutter.use_tracing %}
     if trace_id is not None and status >= 500:
         headers["X-Trace-Id"] = trace_id
+{%- endif %}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 

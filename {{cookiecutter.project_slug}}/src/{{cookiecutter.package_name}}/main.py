@@ -24,7 +24,7 @@ from .observability.metrics import (
 {%- if cookiecutter.use_tracing %}
 from .observability.tracing import (
     instrument_client,
-    server_tracer,
+    server_spans,
     setup_tracing,
     shutdown_tracing,
     telemetry_config,
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
         resolve_route=RouteResolver(lambda: app.routes),
 {%- if cookiecutter.use_tracing %}
-        tracer=server_tracer(settings, tracer_provider),
+        spans=server_spans(settings, tracer_provider),
 {%- endif %}
     )
 {%- if cookiecutter.use_metrics %}

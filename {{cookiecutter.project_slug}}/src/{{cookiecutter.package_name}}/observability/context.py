@@ -10,16 +10,12 @@ registers its own callbacks, so turning a signal off is deleting its module.
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi.routing import iter_route_contexts
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,14 +41,6 @@ def current_request_id() -> str | None:
     return request_id_var.get()
 
 
-def current_trace_ids() -> tuple[str, str] | None:
-    """(trace_id, span_id) of the active span in W3C hex form, if there is one."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return format(context.trace_id, "032x"), format(context.span_id, "016x")
-
-
 @dataclass(slots=True)
 class RequestInfo:
     """What the signals need to know about one finished request."""
@@ -70,6 +58,8 @@ class RequestInfo:
     sampled: bool
 
 
+# (trace_id, span_id, sampled) in W3C hex form.
+TraceIds = tuple[str, str, bool]
 RequestStarted = Callable[[str], None]
 RequestFinished = Callable[[RequestInfo], None]
 
@@ -119,13 +109,23 @@ class RouteResolver:
         return (partial, True) if partial is not None else (UNMATCHED_ROUTE, False)
 
 
+class ServerSpans(Protocol):
+    """Records the server span of each request; tracing.py has the implementation."""
+
+    def start(self, scope: Scope, method: str, route: str) -> Any:
+        """Start the request's span and make it current; returns what `end` needs."""
+
+    def end(
+        self, started: Any, scope: Scope, status: int, error_type: str | None
+    ) -> TraceIds | None:
+        """End the span; returns (trace_id, span_id, sampled) of the request, if it has a trace."""
+
+
 class RequestContextMiddleware:
     """Request id, timing, route and the server span for every HTTP request, in one pass.
 
-    With a `tracer`, this middleware records the request's server span itself:
-    one span, named and attributed as the HTTP semantic conventions say, at
-    about half the cost of FastAPI's native per-request telemetry (measured in
-    benchmarks/). Without one, it reads whatever span is current.
+    The signals see each finished request through `on_finish`; `spans`, when
+    tracing is on, records its server span around the app.
     """
 
     def __init__(
@@ -135,17 +135,13 @@ class RequestContextMiddleware:
         on_start: Sequence[RequestStarted] = (),
         on_finish: Sequence[RequestFinished] = (),
         resolve_route: Callable[[Scope], str],
-        tracer: trace.Tracer | None = None,
+        spans: ServerSpans | None = None,
     ) -> None:
         self.app = app
         self.on_start = tuple(on_start)
         self.on_finish = tuple(on_finish)
         self.resolve_route = resolve_route
-        self.tracer = tracer
-        # Only these headers can carry a parent context (traceparent, tracestate, baggage...).
-        self._propagation_headers = frozenset(
-            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
-        )
+        self.spans = spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,10 +163,9 @@ class RequestContextMiddleware:
         for started in self.on_start:
             started(method)
         status = 500  # what the client gets if the app raises before responding
-        span: Span | None = None
         error_type: str | None = None
-        if self.tracer is not None:
-            span, span_token, span_context = self._start_span(self.tracer, scope, method, route)
+        spans = self.spans
+        span = spans.start(scope, method, route) if spans is not None else None
         start = perf_counter()
 
         async def send_with_ids(message: Message) -> None:
@@ -185,15 +180,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_ids)
         except BaseException as exc:
             error_type = type(exc).__qualname__
-            if span is not None and span_context.is_valid:
-                # Its error handler runs outside this middleware, once the span is detached.
-                scope["state"]["trace_id"] = format(span_context.trace_id, "032x")
             raise
         finally:
             duration = perf_counter() - start
-            if span is None:
-                span_context = trace.get_current_span().get_span_context()
-            valid = span_context.is_valid
+            ids = spans.end(span, scope, status, error_type) if spans is not None else None
             info = RequestInfo(
                 method=method,
                 route=route,
@@ -203,54 +193,13 @@ class RequestContextMiddleware:
                 client=scope["client"][0] if scope.get("client") else None,
                 user_agent=_header(scope, b"user-agent"),
                 request_id=request_id,
-                trace_id=format(span_context.trace_id, "032x") if valid else None,
-                span_id=format(span_context.span_id, "016x") if valid else None,
-                sampled=valid and span_context.trace_flags.sampled,
+                trace_id=ids[0] if ids is not None else None,
+                span_id=ids[1] if ids is not None else None,
+                sampled=ids is not None and ids[2],
             )
             for finished in self.on_finish:
                 finished(info)
-            if span is not None:
-                _end_span(span, status, error_type)
-                otel_context.detach(span_token)
             request_id_var.reset(token)
-
-    def _start_span(
-        self, tracer: trace.Tracer, scope: Scope, method: str, route: str
-    ) -> tuple[Span, Token[Context], SpanContext]:
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in self._propagation_headers
-        }
-        parent = propagate.extract(carrier) if carrier else None
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.scheme": scope.get("scheme", "http"),
-            "url.path": scope["path"],
-            "network.protocol.version": scope.get("http_version", "1.1"),
-        }
-        if method == OTHER_METHOD:
-            attributes["http.request.method_original"] = scope["method"]
-        if route != UNMATCHED_ROUTE:
-            attributes["http.route"] = route
-        server = scope.get("server")
-        if server:
-            attributes["server.address"] = server[0]
-            if server[1] is not None:
-                attributes["server.port"] = server[1]
-        name = method if route == UNMATCHED_ROUTE else f"{method} {route}"
-        span = tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return span, token, span.get_span_context()
-
-
-def _end_span(span: Span, status: int, error_type: str | None) -> None:
-    if span.is_recording():
-        span.set_attribute("http.response.status_code", status)
-        if error_type is not None or status >= 500:
-            span.set_attribute("error.type", error_type or str(status))
-            span.set_status(StatusCode.ERROR)
-    span.end()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

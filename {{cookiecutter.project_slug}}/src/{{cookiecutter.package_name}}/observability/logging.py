@@ -31,7 +31,10 @@ import orjson
 from loguru import logger
 
 from ..settings import Settings
-from .context import RequestInfo, current_request_id, current_trace_ids
+from .context import RequestInfo, current_request_id
+{%- if cookiecutter.use_tracing %}
+from .tracing import current_trace_ids
+{%- endif %}
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -142,9 +145,11 @@ class JsonFormatter:
             "line": record["line"],
             **self._static,
         }
+{%- if cookiecutter.use_tracing %}
         ids = current_trace_ids()
         if ids is not None:
             entry["trace_id"], entry["span_id"] = ids
+{%- endif %}
         request_id = current_request_id()
         if request_id is not None:
             entry["request_id"] = request_id

@@ -1,8 +1,9 @@
 """Traces: the OpenTelemetry SDK, exporting over OTLP/HTTP with protobuf.
 
 One server span per request, named and attributed as the HTTP semantic
-conventions say, is recorded by the request middleware (context.py): that
-costs about half of what FastAPI's native per-request tracing does. FastAPI's
+conventions say, is recorded by `ServerSpans`, which the request middleware
+(context.py) calls around the app: that costs about half of what FastAPI's
+native per-request tracing does (measured in benchmarks/). FastAPI's
 native tracing takes over only when its per-operation spans (dependencies,
 endpoint, serialization) are asked for with `APP_TRACE_OPERATION_SPANS`. No
 instrumentation library is layered on top: every request has one server span.
@@ -25,18 +26,24 @@ import logging
 import os
 import threading
 import time
+from contextvars import Token
+from typing import Any
 
 import httpx
 from fastapi.telemetry import TelemetryConfig
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, StatusCode
+from starlette.types import Scope
 
 from ..settings import Settings
-from .context import EXCLUDED_PATHS
+from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
 
 # Bounds the span flush on shutdown; the compose stop grace period is longer.
 _DEFAULT_EXPORT_TIMEOUT_MS = "5000"
@@ -137,11 +144,87 @@ def setup_tracing(settings: Settings) -> TracerProvider:
     return _provider
 
 
-def server_tracer(settings: Settings, provider: TracerProvider) -> trace.Tracer | None:
-    """The tracer of the request middleware's server span; None leaves the span to FastAPI."""
-    if settings.trace_operation_spans:
+def current_trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the active span in W3C hex form, if there is one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
         return None
-    return provider.get_tracer(__name__)
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+class ServerSpans:
+    """The request middleware's server span: one per request, as the HTTP semantic conventions say.
+
+    With `tracer` None, FastAPI's native tracing records the span (operation
+    spans asked for) and this only reads the ids of the current one.
+    """
+
+    def __init__(self, tracer: trace.Tracer | None) -> None:
+        self.tracer = tracer
+        # Only these headers can carry a parent context (traceparent, tracestate, baggage...).
+        self._propagation_headers = frozenset(
+            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
+        )
+
+    def start(self, scope: Scope, method: str, route: str) -> tuple[Span, Token[Context]] | None:
+        if self.tracer is None:
+            return None
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in self._propagation_headers
+        }
+        parent = propagate.extract(carrier) if carrier else None
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": scope.get("scheme", "http"),
+            "url.path": scope["path"],
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if method == OTHER_METHOD:
+            attributes["http.request.method_original"] = scope["method"]
+        if route != UNMATCHED_ROUTE:
+            attributes["http.route"] = route
+        server = scope.get("server")
+        if server:
+            attributes["server.address"] = server[0]
+            if server[1] is not None:
+                attributes["server.port"] = server[1]
+        name = method if route == UNMATCHED_ROUTE else f"{method} {route}"
+        span = self.tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def end(
+        self,
+        started: tuple[Span, Token[Context]] | None,
+        scope: Scope,
+        status: int,
+        error_type: str | None,
+    ) -> TraceIds | None:
+        if started is None:
+            span_context = trace.get_current_span().get_span_context()
+        else:
+            span, token = started
+            span_context = span.get_span_context()
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", status)
+                if error_type is not None or status >= 500:
+                    span.set_attribute("error.type", error_type or str(status))
+                    span.set_status(StatusCode.ERROR)
+            span.end()
+            otel_context.detach(token)
+        if not span_context.is_valid:
+            return None
+        trace_id = format(span_context.trace_id, "032x")
+        if error_type is not None:
+            # The unhandled error's handler runs outside the middleware, once the span is detached.
+            scope["state"]["trace_id"] = trace_id
+        return trace_id, format(span_context.span_id, "016x"), span_context.trace_flags.sampled
+
+
+def server_spans(settings: Settings, provider: TracerProvider) -> ServerSpans:
+    """The request middleware's span recorder; with operation spans, FastAPI records the span."""
+    return ServerSpans(None if settings.trace_operation_spans else provider.get_tracer(__name__))
 
 
 def telemetry_config(settings: Settings, provider: TracerProvider) -> TelemetryConfig:
