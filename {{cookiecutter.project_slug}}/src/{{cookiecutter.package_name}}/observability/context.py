@@ -122,10 +122,10 @@ class ServerSpans(Protocol):
 
 
 class RequestContextMiddleware:
-    """Request id, timing, route and the server span for every HTTP request, in one pass.
+    """Request id, timing and route of every HTTP request, in one pass.
 
     The signals see each finished request through `on_finish`; `spans`, when
-    tracing is on, records its server span around the app.
+    tracing is on, records the request's server span around the app.
     """
 
     def __init__(
