@@ -58,6 +58,8 @@ TRACES_OF = {
             "opentelemetry-proto",
         ],
         "readme": ["OTEL_EXPORTER_OTLP_ENDPOINT", "OpenTelemetry spans"],
+        # The runbook follows a request by request_id instead.
+        "monitoring": ['"trace_id": "..."', "a `trace_id`", "their `trace_id`", "its `trace_id`", "and trace_id."],
     },
     "use_dockerfile": {"makefile": ["image:", "up:", "down:", "logs:", "docker compose"], "readme": ["make up"]},
 }
@@ -173,6 +175,8 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
     sources = python_sources(project)
     readme = (project / "README.md").read_text()
     makefile = (project / "Makefile").read_text()
+    runbook = project / "docs" / "monitoring.md"
+    monitoring = runbook.read_text() if runbook.exists() else ""
     for toggle, traces in TRACES_OF.items():
         if toggles[toggle]:
             continue
@@ -182,6 +186,8 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
             assert text not in readme, f"README still mentions {text!r} with {toggle} off"
         for text in traces.get("makefile", []):
             assert text not in makefile, f"Makefile still has {text!r} with {toggle} off"
+        for text in traces.get("monitoring", []):
+            assert text not in monitoring, f"docs/monitoring.md still has {text!r} with {toggle} off"
 
 
 def test_compose_services_follow_the_toggles(baked: tuple[dict[str, bool], Path]) -> None:
