@@ -394,12 +394,7 @@ def main() -> None:
         "checks": checks(summary, args),
         "markdown": table,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(table)
-    print()
-    for c in report["checks"]:
-        print(f"- {'PASS' if c['met'] else 'MISS'} {c['check']}: {c['value']} (goal {c['goal']})")
+    bench.write_report(args.output, report, table, report["checks"], "check")
     print(f"\nJSON: {args.output}")
 
 

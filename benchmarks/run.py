@@ -267,41 +267,25 @@ def server_for(variant: Variant, python: str, cwd: Path, logs: Path, otlp_port: 
     if variant.otlp:
         assert otlp_port is not None
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+    uvicorn = [
+        python,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--no-server-header",
+    ]
     if variant.peer:
-        cmd = [
-            python,
-            "-m",
-            "uvicorn",
-            "peer_app:app",
-            "--app-dir",
-            str(BENCH_DIR),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--no-server-header",
-            "--log-level",
-            "warning",
-        ]
+        cmd = [*uvicorn, "peer_app:app", "--app-dir", str(BENCH_DIR), "--log-level", "warning"]
     elif "use_json_logging" in variant.signals:
         cmd = [python, "-m", PACKAGE]  # exactly how the service starts in production
     else:
         # Without JSON logging the service leaves uvicorn's plain-text access log on; that is a
         # log signal too, so these variants run the same app factory with it off.
-        cmd = [
-            python,
-            "-m",
-            "uvicorn",
-            f"{PACKAGE}.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--no-server-header",
-        ]
+        cmd = [*uvicorn, f"{PACKAGE}.main:create_app", "--factory"]
     stdout_path = logs / f"{variant.name}.stdout"
     stderr_path = logs / f"{variant.name}.stderr"
     # stdout (the JSON log lines) goes to a regular file, as a container runtime's log driver does.
@@ -807,12 +791,7 @@ def main() -> None:
         "runs": runs,
         "markdown": table,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(table)
-    print()
-    for t in report["targets"]:
-        print(f"- {'PASS' if t['met'] else 'MISS'} {t['target']}: {t['value']} (goal {t['goal']})")
+    write_report(args.output, report, table, report["targets"], "target")
     if bake_time:
         print(
             f"- cookiecutter --no-input: {bake_time['mean_s']} s ± {bake_time['stddev_s']} ({bake_time['tool']}, "
@@ -823,6 +802,16 @@ def main() -> None:
     if otlp:
         print(f"- OTLP receiver got {otlp['spans']} spans in {otlp['requests']} requests ({otlp['bytes']} bytes)")
     print(f"\nJSON: {args.output}")
+
+
+def write_report(output: Path, report: dict[str, Any], table: str, checks: list[dict[str, Any]], name: str) -> None:
+    """The JSON file, then the table and one PASS/MISS line per check (named by `name`) on stdout."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    print()
+    for c in checks:
+        print(f"- {'PASS' if c['met'] else 'MISS'} {c[name]}: {c['value']} (goal {c['goal']})")
 
 
 def _cpu_model() -> str:
