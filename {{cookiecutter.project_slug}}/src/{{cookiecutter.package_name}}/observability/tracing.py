@@ -3,7 +3,7 @@
 One server span per request, named and attributed as the HTTP semantic
 conventions say, is recorded by `ServerSpans`, which the request middleware
 (context.py) calls around the app: that costs about half of what FastAPI's
-native per-request tracing does (measured in benchmarks/). FastAPI's
+native per-request tracing does (the template's benchmarks/). FastAPI's
 native tracing takes over only when its per-operation spans (dependencies,
 endpoint, serialization) are asked for with `APP_TRACE_OPERATION_SPANS`. No
 instrumentation library is layered on top: every request has one server span.
