@@ -2,10 +2,13 @@
 
 import contextlib
 import logging
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,6 +140,34 @@ def test_queued_spans_are_flushed_on_shutdown(
     assert receiver.snapshot() == []
     assert server.stop() == 0
     assert len(receiver.snapshot()) == 5
+
+
+def thread_nice_values(pid: int) -> list[int]:
+    """The nice value of each thread of a process: field 19 of /proc/PID/task/TID/stat."""
+    values = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+        values.append(int(fields[16]))
+    return values
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="threads have nice values of their own on Linux"
+)
+@pytest.mark.parametrize("nice", [10, 0])
+def test_spans_are_exported_below_the_requests_cpu_priority(
+    start_server: StartServer, receiver: OtlpReceiver, nice: int
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint, APP_SPAN_EXPORT_NICE=str(nice)))
+    assert httpx.get(f"{server.url}/api/items/5").status_code == 200
+    wait_for_spans(receiver, lambda s: len(s) >= 1)  # the export thread has exported
+    base = os.getpriority(os.PRIO_PROCESS, server.process.pid)
+    values = thread_nice_values(server.process.pid)
+    lowered = [value for value in values if value != base]
+    if nice:
+        assert lowered == [min(19, base + nice)], f"only the export thread is lowered: {values}"
+    else:
+        assert lowered == [], f"every thread at the process's priority: {values}"
 
 
 @pytest.fixture

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     # Tracing: FastAPI's per-operation spans (dependencies, endpoint, serialization) are opt-in.
     trace_operation_spans: bool = False
+    # How much lower than the requests' the span export thread's CPU priority is (Linux nice
+    # steps); 0 exports at the requests' priority. See observability/tracing.py.
+    span_export_nice: int = Field(default=10, ge=0, le=19)
 {%- endif %}
 
 
