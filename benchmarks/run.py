@@ -399,8 +399,10 @@ def measure(
     load_python: str,
     rate: float | None,
     otlp_port: int | None,
+    sink_stats: Path | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"variant": variant.name}
+    spans_before = received_spans(sink_stats) if variant.otlp else 0
     with server_for(variant, python, cwd, logs, otlp_port) as server:
         warm = wrk(server.port, 1)
         usage = Usage(server.process.pid)
@@ -422,8 +424,18 @@ def measure(
     with server.stdout_path.open("rb") as out:
         result["log_lines"] = sum(1 for _ in out)
     result["requests_sent"] = sent
+    if variant.otlp:
+        # The server has stopped, so its queue is flushed: spans that never arrived were dropped.
+        result["spans_delivered"] = received_spans(sink_stats) - spans_before
     server.stdout_path.unlink()
     return result
+
+
+def received_spans(sink_stats: Path | None) -> int:
+    """The spans otlp_sink.py has counted so far (it rewrites its stats file after every export)."""
+    if sink_stats is None or not sink_stats.exists():
+        return 0
+    return int(json.loads(sink_stats.read_text())["spans"])
 
 
 # --- the other timings ------------------------------------------------------------------
@@ -556,6 +568,9 @@ def summarize(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, 
             if added:
                 s["p99_added_ms"] = spread(added, 3)
             s["rate_achieved"] = spread([r["latency"]["rate_achieved"] for r in mine], 0)
+        if all("spans_delivered" in r for r in mine):
+            # Every request is sampled in the OTLP variant: each should reach the receiver.
+            s["spans_delivered_share"] = spread([r["spans_delivered"] / r["requests_sent"] for r in mine])
         s["log_lines_per_request"] = round(
             sum(r["log_lines"] for r in mine) / max(1, sum(r["requests_sent"] for r in mine)), 3
         )
@@ -730,7 +745,9 @@ def main() -> None:
                 attempts = 0
                 while True:
                     attempts += 1
-                    r = measure(v, py, cwd, logs, args, bare_python, None if args.no_latency else rate, otlp_port)
+                    r = measure(
+                        v, py, cwd, logs, args, bare_python, None if args.no_latency else rate, otlp_port, sink_stats
+                    )
                     foreign = max(
                         r["throughput"]["foreign_share_of_core"], r.get("latency", {}).get("foreign_share_of_core", 0.0)
                     )
@@ -801,6 +818,9 @@ def main() -> None:
         print(f"- fast tier: {fast_tier['seconds']} s, exit {fast_tier['exit_code']}: {fast_tier['summary']}")
     if otlp:
         print(f"- OTLP receiver got {otlp['spans']} spans in {otlp['requests']} requests ({otlp['bytes']} bytes)")
+    for name, s in summary.items():
+        if "spans_delivered_share" in s:
+            print(f"- {name}: share of its requests whose span reached the receiver {fmt(s['spans_delivered_share'])}")
     print(f"\nJSON: {args.output}")
 
 

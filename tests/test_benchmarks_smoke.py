@@ -74,6 +74,9 @@ def test_harness_measures_every_variant(tmp_path: Path) -> None:
         if name in WITH_LOGS:
             # One access line per request (the readiness probe and startup lines add a few).
             assert run["log_lines"] >= run["requests_sent"], f"{name}: access lines are missing"
+        if name == "all-100-otlp":
+            # Counted per variant, from the receiver's stats before and after the server ran.
+            assert 0 < run["spans_delivered"] <= run["requests_sent"], f"{name}: {run['spans_delivered']} spans"
     assert report["otlp_receiver"]["spans"] > 0, "the OTLP variant exported no span"
 
 
