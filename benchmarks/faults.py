@@ -236,6 +236,10 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
             "stop_s": max(r["stop_s"] for r in runs),
             "exit_codes": sorted({r["exit_code"] for r in runs}),
             "foreign_share_of_core": max(load["foreign_share_of_core"] for load in loads),
+            # Groups of requests late by 1 ms or more, per round, and when the last round's began.
+            "stall_groups": [load["stalls"]["groups"] for load in loads],
+            "stall_requests": [load["stalls"]["requests"] for load in loads],
+            "stall_starts_s": last["load"]["stalls"]["starts_s"],
         }
         if "recovery" in last:
             summary["recovered_spans"] = [r["recovery"]["collector"].get("spans", 0) for r in runs]

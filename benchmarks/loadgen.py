@@ -7,7 +7,11 @@ measured from the scheduled time, as wrk2 does, so a stalled server cannot hide
 its queue (no coordinated omission). The scheduler spins between close
 deadlines: it runs alone on its own core.
 
-Prints one JSON object: achieved rate, errors and latency percentiles in ms.
+Prints one JSON object: achieved rate, errors, latency percentiles in ms, and
+the stalls: late requests (1 ms or more) grouped when less than 50 ms apart,
+with when each group started. A p99 under a millisecond is decided by how many
+requests such stalls catch, so their times show whether they follow the server
+(an export every N seconds) or the machine (a fixed period in every variant).
 Standard library only (uses uvloop when importable).
 """
 
@@ -67,6 +71,7 @@ class Pool:
         self.idle: list[Connection] = []
         self.waiting: deque[float] = deque()
         self.latencies: list[float] = []  # from the scheduled time
+        self.timeline: list[tuple[float, float]] = []  # (scheduled time, latency)
         self.service: list[float] = []  # from the moment the request was written
         self.errors = 0
         self.idle_closed = 0  # idle keep-alive connections the server closed: not an error
@@ -84,6 +89,7 @@ class Pool:
     def done(self, conn: Connection, status: int, intended: float, sent: float) -> None:
         now = time.perf_counter()
         self.latencies.append(now - intended)
+        self.timeline.append((intended, now - intended))
         self.service.append(now - sent)
         if not 200 <= status < 300:
             self.non_2xx += 1
@@ -111,6 +117,31 @@ class Pool:
         self.completed += 1
         if self.completed >= self.expected and not self.finished.done():
             self.finished.set_result(None)
+
+
+def stalls(
+    timeline: list[tuple[float, float]], start: float, threshold: float = 0.001, gap: float = 0.05
+) -> dict[str, object]:
+    """Late requests (latency >= threshold) grouped when scheduled less than `gap` apart."""
+    groups: list[dict[str, float]] = []
+    for intended, latency in sorted(timeline):
+        if latency < threshold:
+            continue
+        at = intended - start
+        if groups and at - groups[-1]["last_s"] < gap:
+            group = groups[-1]
+            group["requests"] += 1
+            group["max_ms"] = max(group["max_ms"], latency * 1000)
+            group["last_s"] = at
+        else:
+            groups.append({"at_s": at, "last_s": at, "requests": 1, "max_ms": latency * 1000})
+    return {
+        "threshold_ms": threshold * 1000,
+        "groups": len(groups),
+        "requests": sum(int(g["requests"]) for g in groups),
+        "starts_s": [round(g["at_s"], 3) for g in groups[:200]],
+        "worst_ms": round(max((g["max_ms"] for g in groups), default=0.0), 2),
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -166,6 +197,7 @@ async def run(host: str, port: int, path: str, rate: float, duration: float, con
         "max_ms": round(lat[-1] * ms, 3) if lat else None,
         "service_p50_ms": round(percentile(svc, 50) * ms, 3),
         "service_p99_ms": round(percentile(svc, 99) * ms, 3),
+        "stalls": stalls(pool.timeline, start),
     }
 
 
