@@ -107,7 +107,7 @@ ALLOWED_LABELS = {
 }
 # Loki labels set by Alloy, and the structured metadata / JSON fields used.
 LOKI_LABELS = {"service_name", "container", "stream", "level"}
-LOKI_FIELDS = {"trace_id", "span_id", "logger", "status", "duration_ms"} | LOKI_LABELS
+LOKI_FIELDS = {"trace_id", "span_id", "request_id", "logger", "status", "duration_ms"} | LOKI_LABELS
 # Keys of the service's JSON log lines (contract), which `| json` can extract.
 LOG_KEYS = {
     "timestamp",
@@ -660,8 +660,14 @@ def test_dashboards_are_copied_raw_and_use_only_exported_metrics(baked: Any) -> 
     # Grafana's own {{...}} survived: the files were not rendered.
     assert "{{http_route}}" in json.dumps(overview)
 
-    for expr in (value for key, value in _walk(dashboards["service-logs.json"]) if key == "expr"):
+    logs = dashboards["service-logs.json"]
+    for expr in (value for key, value in _walk(logs) if key == "expr"):
         _check_logql(expr)
+    # One box finds a request by either id: a bake without tracing has request_id only.
+    variables = {v["name"] for v in logs["templating"]["list"]}
+    assert variables == {"service_name", "search", "request"}
+    (search,) = [p["targets"][0]["expr"] for p in logs["panels"] if p["title"] == "Logs"]
+    assert 'trace_id=~"${request}.*" or request_id=~"${request}.*"' in search
 
 
 @pytest.mark.fast
@@ -699,7 +705,7 @@ def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any) -> None:
     metadata = re.search(r"stage\.structured_metadata \{\s*values = \{(.*?)\}", alloy, re.S)
     assert labels and metadata
     assert re.findall(r"(\w+)\s*=", labels.group(1)) == ["level"]
-    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == {"trace_id", "span_id"}
+    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == {"trace_id", "span_id", "request_id"}
     assert 'target_label  = "service_name"' in alloy and "com_docker_compose_service" in alloy
     # Every component a reference points to is defined.
     defined = {f"{kind}.{label}" for kind, label in re.findall(r"^([a-z_.]+) \"(\w+)\" \{", alloy, re.M)}
