@@ -7,7 +7,7 @@ One command (from the template repository's root):
 bakes the metrics + logs variant and the all-on variant (JSON logs, metrics,
 tracing at 100 % sampling, spans exported over OTLP/HTTP) with run.py's
 functions, and runs each scenario below under the same bounded open-loop load
-(`loadgen.py`, default 1500 req/s for 10 s, server on core 0, load and
+(`loadgen.py`, default 1500 req/s for 30 s, server on core 0, load and
 collector on core 1):
 
 - baseline: the metrics + logs bake (no tracing);
@@ -324,7 +324,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1500.0, help="fixed request rate, well below saturation")
     parser.add_argument("--repetitions", type=int, default=3, help="rounds of every scenario; the table gives medians")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario")
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds of load per scenario (10 s p99s spread widely)"
+    )
     parser.add_argument("--delay", type=float, default=2.0, help="the slow collector's answer delay (s)")
     parser.add_argument("--recovery", type=float, default=3.0, help="seconds of load once the collector is back")
     parser.add_argument(
