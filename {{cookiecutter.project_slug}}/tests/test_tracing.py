@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -168,6 +169,34 @@ def test_spans_are_exported_below_the_requests_cpu_priority(
         assert lowered == [min(19, base + nice)], f"only the export thread is lowered: {values}"
     else:
         assert lowered == [], f"every thread at the process's priority: {values}"
+
+
+@pytest.mark.parametrize(("nice", "interval"), [("10", 0.0002), ("0", 0.005)])
+def test_the_gil_changes_hands_sooner_while_spans_are_exported(nice: str, interval: float) -> None:
+    # A fresh interpreter: the switch interval is process-wide.
+    code = (
+        "import sys\n"
+        "from {{ cookiecutter.package_name }}.observability.tracing import setup_tracing\n"
+        "from {{ cookiecutter.package_name }}.settings import Settings\n"
+        "setup_tracing(Settings())\n"
+        "print(sys.getswitchinterval())\n"
+    )
+    env = {
+        **os.environ,
+        "APP_SPAN_EXPORT_NICE": nice,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+    }
+    env.pop("OTEL_TRACES_EXPORTER", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    expected = interval if sys.platform == "linux" else 0.005  # no per-thread nice elsewhere
+    assert float(out.stdout.strip()) == pytest.approx(expected)
 
 
 @pytest.fixture
