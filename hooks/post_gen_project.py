@@ -16,6 +16,7 @@ import json
 import secrets
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatch
 from pathlib import Path
@@ -133,7 +134,15 @@ def main(raw: str, project: Path) -> int:
     return 0
 
 
+def remove_rendered_copy() -> None:
+    """Delete the rendered copy of this hook that cookiecutter runs and leaves in the temp folder."""
+    script = Path(sys.argv[0]).resolve()
+    if script.parent == Path(tempfile.gettempdir()).resolve():
+        script.unlink(missing_ok=True)
+
+
 if __name__ == "__main__":
+    remove_rendered_copy()  # cookiecutter never deletes it (one file per hook per bake)
     # The answers as JSON in a single-quoted raw literal: `tojson` escapes every ',
     # so no answer can end the literal (keep the quotes: formatting is skipped).
     sys.exit(main(r'{{ cookiecutter | tojson }}', Path.cwd()))  # fmt: skip

@@ -12,7 +12,9 @@ import json
 import keyword
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -206,7 +208,15 @@ def main(raw: str) -> int:
     return 0
 
 
+def remove_rendered_copy() -> None:
+    """Delete the rendered copy of this hook that cookiecutter runs and leaves in the temp folder."""
+    script = Path(sys.argv[0]).resolve()
+    if script.parent == Path(tempfile.gettempdir()).resolve():
+        script.unlink(missing_ok=True)
+
+
 if __name__ == "__main__":
+    remove_rendered_copy()  # cookiecutter never deletes it (one file per hook per bake)
     # The answers as JSON in a single-quoted raw literal: `tojson` escapes every ',
     # so no answer can end the literal (keep the quotes: formatting is skipped).
     sys.exit(main(r'{{ cookiecutter | tojson }}'))  # fmt: skip

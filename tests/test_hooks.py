@@ -17,7 +17,9 @@ import ast
 import importlib.util
 import json
 import shutil
+import os
 import stat
+import subprocess
 import sys
 import tomllib
 import uuid
@@ -308,6 +310,27 @@ def test_every_toggle_rule_has_a_baked_case() -> None:
             assert (toggle, f"needs {need}") in cases, f"no baked case for {toggle} without {need}"
     for toggle, any_of, _ in pre.REQUIRES_ANY:
         assert (toggle, f"needs one of {', '.join(any_of)}") in cases
+
+
+@pytest.mark.parametrize(
+    ("answers", "exit_code"),
+    [pytest.param([], 0, id="baked"), pytest.param(["project_slug=1-service"], 1, id="refused")],
+)
+def test_no_rendered_hook_is_left_in_the_temp_folder(tmp_path: Path, answers: list[str], exit_code: int) -> None:
+    """cookiecutter runs each hook from a rendered copy in the temp folder and never deletes it; the hooks do."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(tmp_path / "out"), str(TEMPLATE_DIR), *answers],
+        env={**os.environ, "TMPDIR": str(temp)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (result.returncode != 0) == bool(exit_code), result.stderr
+    assert sorted(temp.iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == (["my-service"] if exit_code == 0 else [])
 
 
 # Answers cookiecutter itself refuses before the hook runs: choices are checked against cookiecutter.json, and an
