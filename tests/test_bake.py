@@ -51,6 +51,8 @@ TRACES_OF = {
     },
     "use_tracing": {
         "python": [r"\bopentelemetry\b", r"\.tracing import", r"instrument_client", r"X-Trace-Id", r"\bSpan\b"],
+        # The service's own code keeps no trace-shaped wiring (ids, span hooks, exemplars) either.
+        "src": [r"\btrace_id\b", r"\bspan_id\b", r"\bsampled\b", r"\bServerSpans\b", r"\bspans=", r"exemplar="],
         "dependencies": [
             "opentelemetry-sdk",
             "opentelemetry-exporter-otlp-proto-http",
@@ -173,6 +175,7 @@ def test_dependencies_follow_the_toggles(baked: tuple[dict[str, bool], Path]) ->
 def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) -> None:
     toggles, project = baked
     sources = python_sources(project)
+    service = python_sources(project / "src")
     readme = (project / "README.md").read_text()
     makefile = (project / "Makefile").read_text()
     runbook = project / "docs" / "monitoring.md"
@@ -182,6 +185,8 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
             continue
         for pattern in traces.get("python", []):
             assert not re.search(pattern, sources), f"{pattern!r} left in the code with {toggle} off"
+        for pattern in traces.get("src", []):
+            assert not re.search(pattern, service), f"{pattern!r} left in src/ with {toggle} off"
         for text in traces.get("readme", []):
             assert text not in readme, f"README still mentions {text!r} with {toggle} off"
         for text in traces.get("makefile", []):

@@ -164,7 +164,9 @@ class Request:
     """What the app was asked, so the backends can be searched for it."""
 
     def __init__(self) -> None:
+{%- if tracing %}
         self.trace_id = secrets.token_hex(16)
+{%- endif %}
         self.request_id = f"smoke-{secrets.token_hex(8)}"
         self.item_id = 1000 + secrets.randbelow(9000)
         self.sent_at = 0.0

@@ -13,7 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
+{%- if cookiecutter.use_tracing %}
 from typing import Any, Protocol
+{%- else %}
+from typing import Any
+{%- endif %}
 
 from fastapi.routing import iter_route_contexts
 from starlette.routing import BaseRoute, Match, Mount
@@ -53,6 +57,7 @@ class RequestInfo:
     client: str | None
     user_agent: str | None
     request_id: str
+{%- if cookiecutter.use_tracing %}
     trace_id: str | None
     span_id: str | None
     sampled: bool
@@ -60,6 +65,9 @@ class RequestInfo:
 
 # (trace_id, span_id, sampled) in W3C hex form.
 TraceIds = tuple[str, str, bool]
+{%- endif %}
+
+
 RequestStarted = Callable[[str], None]
 RequestFinished = Callable[[RequestInfo], None]
 
@@ -109,6 +117,9 @@ class RouteResolver:
         return (partial, True) if partial is not None else (UNMATCHED_ROUTE, False)
 
 
+{%- if cookiecutter.use_tracing %}
+
+
 class ServerSpans(Protocol):
     """Records the server span of each request; tracing.py has the implementation."""
 
@@ -119,13 +130,20 @@ class ServerSpans(Protocol):
         self, started: Any, scope: Scope, status: int, error_type: str | None
     ) -> TraceIds | None:
         """End the span; returns (trace_id, span_id, sampled) of the request, if it has a trace."""
+{%- endif %}
 
 
 class RequestContextMiddleware:
     """Request id, timing and route of every HTTP request, in one pass.
 
+{%- if cookiecutter.use_tracing %}
+
     The signals see each finished request through `on_finish`; `spans`, when
     tracing is on, records the request's server span around the app.
+{%- else %}
+
+    The signals see each finished request through `on_finish`.
+{%- endif %}
     """
 
     def __init__(
@@ -135,13 +153,17 @@ class RequestContextMiddleware:
         on_start: Sequence[RequestStarted] = (),
         on_finish: Sequence[RequestFinished] = (),
         resolve_route: Callable[[Scope], str],
+{%- if cookiecutter.use_tracing %}
         spans: ServerSpans | None = None,
+{%- endif %}
     ) -> None:
         self.app = app
         self.on_start = tuple(on_start)
         self.on_finish = tuple(on_finish)
         self.resolve_route = resolve_route
+{%- if cookiecutter.use_tracing %}
         self.spans = spans
+{%- endif %}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,9 +185,11 @@ class RequestContextMiddleware:
         for started in self.on_start:
             started(method)
         status = 500  # what the client gets if the app raises before responding
+{%- if cookiecutter.use_tracing %}
         error_type: str | None = None
         spans = self.spans
         span = spans.start(scope, method, route) if spans is not None else None
+{%- endif %}
         start = perf_counter()
 
         async def send_with_ids(message: Message) -> None:
@@ -178,12 +202,16 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_ids)
+{%- if cookiecutter.use_tracing %}
         except BaseException as exc:
             error_type = type(exc).__qualname__
             raise
+{%- endif %}
         finally:
             duration = perf_counter() - start
+{%- if cookiecutter.use_tracing %}
             ids = spans.end(span, scope, status, error_type) if spans is not None else None
+{%- endif %}
             info = RequestInfo(
                 method=method,
                 route=route,
@@ -193,9 +221,11 @@ class RequestContextMiddleware:
                 client=scope["client"][0] if scope.get("client") else None,
                 user_agent=_header(scope, b"user-agent"),
                 request_id=request_id,
+{%- if cookiecutter.use_tracing %}
                 trace_id=ids[0] if ids is not None else None,
                 span_id=ids[1] if ids is not None else None,
                 sampled=ids is not None and ids[2],
+{%- endif %}
             )
             for finished in self.on_finish:
                 finished(info)

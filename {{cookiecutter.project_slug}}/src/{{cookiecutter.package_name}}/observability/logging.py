@@ -197,9 +197,11 @@ class JsonFormatter:
             "line": origin[3],
             **self._static,
         }
+{%- if cookiecutter.use_tracing %}
         if info.trace_id is not None:
             entry["trace_id"] = info.trace_id
             entry["span_id"] = info.span_id
+{%- endif %}
         entry["request_id"] = info.request_id
         entry["method"] = info.method
         entry["route"] = info.route

@@ -1,8 +1,12 @@
 """Metrics: RED metrics in Prometheus form of the OpenTelemetry HTTP conventions.
 
 - `http_server_request_duration_seconds{http_request_method, http_route,
+{%- if cookiecutter.use_tracing %}
   http_response_status_code}`: a histogram with the semconv buckets, and an
   exemplar carrying the trace_id of sampled requests.
+{%- else %}
+  http_response_status_code}`: a histogram with the semconv buckets.
+{%- endif %}
 - `http_server_active_requests{http_request_method}`: requests in flight.
 - `app_build_info{version, commit, python_version}`: always 1.
 - `app_event_loop_lag_seconds`: how late the event loop runs a timer; a
@@ -86,10 +90,14 @@ def request_finished(info: RequestInfo) -> None:
         histogram = _duration_children[key] = REQUEST_DURATION.labels(
             info.method, info.route, str(info.status)
         )
+{%- if cookiecutter.use_tracing %}
     if info.sampled and info.trace_id is not None:
         histogram.observe(info.duration, exemplar={"trace_id": info.trace_id})
     else:
         histogram.observe(info.duration)
+{%- else %}
+    histogram.observe(info.duration)
+{%- endif %}
 
 
 async def _measure_event_loop_lag(interval: float) -> None:
@@ -121,7 +129,7 @@ def _scrape_registry() -> CollectorRegistry:
 
 
 def render(accept: str) -> tuple[bytes, str]:
-    """The exposition, OpenMetrics (with exemplars) or classic text, as asked by Accept."""
+    """The exposition, OpenMetrics or classic text, as asked by Accept."""
     encoder, content_type = choose_encoder(accept)
     return encoder(_scrape_registry()), content_type
 
