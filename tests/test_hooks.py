@@ -16,8 +16,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import shutil
 import os
+import shutil
 import stat
 import subprocess
 import sys
