@@ -277,6 +277,49 @@ def test_export_resumes_when_the_backend_returns(start_server: StartServer) -> N
     assert any(span.name == "GET /api/items/{item_id}" for span in spans)
 
 
+def test_a_full_span_queue_builds_no_log_records() -> None:
+    # The real SDK loggers, in a fresh interpreter: the collector refuses, the queue fills,
+    # and every further span is dropped with a warning that must not cost a LogRecord.
+    code = (
+        "import logging, time\n"
+        "from {{ cookiecutter.package_name }}.observability.tracing import setup_tracing\n"
+        "from {{ cookiecutter.package_name }}.settings import Settings\n"
+        "tracer = setup_tracing(Settings()).get_tracer('test')\n"
+        "for _ in range(200):\n"
+        "    tracer.start_span('fill').end()\n"
+        "time.sleep(0.2)\n"
+        "built = []\n"
+        "factory = logging.getLogRecordFactory()\n"
+        "def counting(name, *args, **kwargs):\n"
+        "    built.append(name)\n"
+        "    return factory(name, *args, **kwargs)\n"
+        "logging.setLogRecordFactory(counting)\n"
+        "for _ in range(5000):\n"
+        "    tracer.start_span('dropped').end()\n"
+        "print(built.count('opentelemetry.sdk._shared_internal'))\n"
+    )
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "64",
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",  # the exit's flush gives up quickly
+    }
+    env.pop("OTEL_TRACES_EXPORTER", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Queue full" in out.stderr, "the drop is reported"
+    built = int(out.stdout.strip())
+    assert built <= 1, f"muted after the first repeat, whatever filters the SDK adds: {built} records"
+
+
 @pytest.fixture
 def flooded_logger() -> Iterator[tuple[logging.Logger, list[str], list[int]]]:
     """A logger with a rate limit, the messages that got out, and how many records were built."""

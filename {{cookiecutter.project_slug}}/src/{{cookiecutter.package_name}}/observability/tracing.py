@@ -171,7 +171,9 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         for name in _EXPORT_LOGGERS:
             exporter_logger = logging.getLogger(name)
             if _rate_limit not in exporter_logger.filters:
-                exporter_logger.addFilter(_rate_limit)
+                # First in line: the SDK's own DuplicateFilter drops repeats before later
+                # filters see them, so ours would never learn to mute the logger.
+                exporter_logger.filters.insert(0, _rate_limit)
         resource = Resource.create(
             {
                 "service.name": settings.service_name,
