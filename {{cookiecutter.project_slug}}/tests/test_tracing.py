@@ -317,7 +317,7 @@ def test_a_full_span_queue_builds_no_log_records() -> None:
     )
     assert "Queue full" in out.stderr, "the drop is reported"
     built = int(out.stdout.strip())
-    assert built <= 1, f"muted after the first repeat, whatever filters the SDK adds: {built} records"
+    assert built <= 1, f"muted after the first repeat, whatever the SDK's filters: {built} built"
 
 
 @pytest.fixture
