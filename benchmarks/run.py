@@ -708,6 +708,7 @@ def main() -> None:
         otlp_port: int | None = None
         sink: subprocess.Popen[bytes] | None = None
         sink_stats = workdir / "otlp-sink.json"
+        sink_stats.unlink(missing_ok=True)  # a kept --workdir holds the last run's counts
         if any(v.otlp for v in variants):
             otlp_port = free_port()
             # The receiver shares the load generator's core; it only reads and counts.
