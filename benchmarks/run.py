@@ -314,13 +314,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def core_busy_seconds(core: str) -> float:
-    """Time a core spent running anything (all processes), in seconds."""
+def core_idle_seconds(core: str) -> float:
+    """Time a core spent idle, in seconds.
+
+    Busy time is the wall time minus this: the per-core user and system counters are not (in a VM
+    they are credited in lumps, several seconds at once), the idle counter is.
+    """
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{core} "):
             ticks = [int(x) for x in line.split()[1:]]
-            idle = ticks[3] + ticks[4]  # idle + iowait
-            return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+            return (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK")  # idle + iowait
     return 0.0
 
 
@@ -329,12 +332,12 @@ class Usage:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.cpu, self.core, self.wall = cpu_seconds(pid), core_busy_seconds(SERVER_CORE), time.monotonic()
+        self.cpu, self.idle, self.wall = cpu_seconds(pid), core_idle_seconds(SERVER_CORE), time.monotonic()
 
     def stop(self) -> dict[str, float]:
         cpu = cpu_seconds(self.pid) - self.cpu
-        core = core_busy_seconds(SERVER_CORE) - self.core
         wall = time.monotonic() - self.wall
+        core = wall - (core_idle_seconds(SERVER_CORE) - self.idle)
         return {
             "server_cpu_s": round(cpu, 3),
             "server_cpu_share": round(cpu / wall, 3),
