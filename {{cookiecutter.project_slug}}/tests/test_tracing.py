@@ -171,30 +171,37 @@ def test_spans_are_exported_below_the_requests_cpu_priority(
         assert lowered == [], f"every thread at the process's priority: {values}"
 
 
-@pytest.mark.parametrize(("nice", "interval"), [("10", 0.0002), ("0", 0.005)])
-def test_the_gil_changes_hands_sooner_while_spans_are_exported(nice: str, interval: float) -> None:
-    # A fresh interpreter: the switch interval is process-wide.
+def run_after_setup(body: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `body` in a fresh interpreter once `setup_tracing()` made `provider`.
+
+    Fresh, because the provider and the GIL switch interval are process-wide;
+    the collector refuses connections.
+    """
     code = (
-        "import sys\n"
         "from {{ cookiecutter.package_name }}.observability.tracing import setup_tracing\n"
         "from {{ cookiecutter.package_name }}.settings import Settings\n"
-        "setup_tracing(Settings())\n"
-        "print(sys.getswitchinterval())\n"
-    )
-    env = {
+        "provider = setup_tracing(Settings())\n"
+    ) + body
+    environ = {
         **os.environ,
-        "APP_SPAN_EXPORT_NICE": nice,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",  # the exit's flush gives up quickly
+        **env,
     }
-    env.pop("OTEL_TRACES_EXPORTER", None)
-    out = subprocess.run(
+    environ.pop("OTEL_TRACES_EXPORTER", None)
+    return subprocess.run(
         [sys.executable, "-c", code],
-        env=env,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
+
+
+@pytest.mark.parametrize(("nice", "interval"), [("10", 0.0002), ("0", 0.005)])
+def test_the_gil_changes_hands_sooner_while_spans_are_exported(nice: str, interval: float) -> None:
+    out = run_after_setup("import sys\nprint(sys.getswitchinterval())\n", APP_SPAN_EXPORT_NICE=nice)
     expected = interval if sys.platform == "linux" else 0.005  # no per-thread nice elsewhere
     assert float(out.stdout.strip()) == pytest.approx(expected)
 
@@ -278,13 +285,11 @@ def test_export_resumes_when_the_backend_returns(start_server: StartServer) -> N
 
 
 def test_a_full_span_queue_builds_no_log_records() -> None:
-    # The real SDK loggers, in a fresh interpreter: the collector refuses, the queue fills,
-    # and every further span is dropped with a warning that must not cost a LogRecord.
-    code = (
+    # The real SDK loggers: the collector refuses, the queue fills, and every
+    # further span is dropped with a warning that must not cost a LogRecord.
+    body = (
         "import logging, time\n"
-        "from {{ cookiecutter.package_name }}.observability.tracing import setup_tracing\n"
-        "from {{ cookiecutter.package_name }}.settings import Settings\n"
-        "tracer = setup_tracing(Settings()).get_tracer('test')\n"
+        "tracer = provider.get_tracer('test')\n"
         "for _ in range(200):\n"
         "    tracer.start_span('fill').end()\n"
         "time.sleep(0.2)\n"
@@ -298,22 +303,11 @@ def test_a_full_span_queue_builds_no_log_records() -> None:
         "    tracer.start_span('dropped').end()\n"
         "print(built.count('opentelemetry.sdk._shared_internal'))\n"
     )
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "OTEL_SDK_DISABLED": "false",
-        "OTEL_BSP_MAX_QUEUE_SIZE": "64",
-        "OTEL_BSP_SCHEDULE_DELAY": "60000",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",  # the exit's flush gives up quickly
-    }
-    env.pop("OTEL_TRACES_EXPORTER", None)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    out = run_after_setup(
+        body,
+        OTEL_SDK_DISABLED="false",
+        OTEL_BSP_MAX_QUEUE_SIZE="64",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
     )
     assert "Queue full" in out.stderr, "the drop is reported"
     built = int(out.stdout.strip())
