@@ -40,7 +40,8 @@ def project(bake_once: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def audit_env() -> dict[str, str]:
     python = find_python(PYTHON_VERSION)
     env = uv_env(python)
-    # `uv audit` (a preview command in uv 0.13) looks for an interpreter on PATH, not in UV_PYTHON.
+    # Like `uv sync`, `uv audit` needs an interpreter for requires-python; it searches PATH, where
+    # a pyenv shim that cannot run 3.13 makes it fail, so the one found goes first.
     env["PATH"] = f"{Path(python).parent}{os.pathsep}{env['PATH']}"
     return env
 
