@@ -1,5 +1,6 @@
 """A real OTLP/HTTP trace receiver for tests: it decodes what the service sends."""
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,14 @@ class ReceivedSpan:
 def _value(any_value: Any) -> Any:
     kind = any_value.WhichOneof("value")
     return getattr(any_value, kind) if kind else None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Says nothing when a client went away: an exporter gives up on a slow answer, a service stops."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -61,7 +70,7 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._lock = threading.Lock()
