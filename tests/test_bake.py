@@ -195,6 +195,28 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
             assert text not in monitoring, f"docs/monitoring.md still has {text!r} with {toggle} off"
 
 
+# What the request middleware computes for the signals alone.
+REQUEST_OBSERVATION = [
+    r"\bRouteResolver\b",
+    r"\bRequestInfo\b",
+    r"\bresolve_route\b",
+    r"\bon_finish\b",
+    r"perf_counter",
+]
+SIGNALS = ("use_json_logging", "use_metrics", "use_tracing")
+
+
+def test_without_signals_requests_are_only_given_an_id(baked: tuple[dict[str, bool], Path]) -> None:
+    toggles, project = baked
+    sources = python_sources(project)
+    for pattern in REQUEST_OBSERVATION:
+        found = re.search(pattern, sources)
+        if any(toggles[signal] for signal in SIGNALS):
+            assert found, f"{pattern!r} missing although a signal observes requests"
+        else:
+            assert not found, f"{pattern!r} left in the code with every signal off"
+
+
 def test_compose_services_follow_the_toggles(baked: tuple[dict[str, bool], Path]) -> None:
     toggles, project = baked
     compose = project / "compose.yaml"

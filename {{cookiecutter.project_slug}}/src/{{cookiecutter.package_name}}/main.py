@@ -1,3 +1,4 @@
+{%- set observed = cookiecutter.use_json_logging or cookiecutter.use_metrics or cookiecutter.use_tracing -%}
 """The application factory: settings, then observability, then routes."""
 
 import gc
@@ -9,7 +10,11 @@ from fastapi import FastAPI
 
 from .api import health, items
 from .errors import BodyLimit, install_error_handlers
+{%- if observed %}
 from .observability.context import RequestContextMiddleware, RouteResolver
+{%- else %}
+from .observability.context import RequestContextMiddleware
+{%- endif %}
 {%- if cookiecutter.use_json_logging %}
 from .observability.logging import configure_logging, flush_logs, log_request
 {%- endif %}
@@ -85,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app, debug=settings.debug)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+{%- if observed %}
     app.add_middleware(
         RequestContextMiddleware,
 {%- if cookiecutter.use_metrics %}
@@ -105,6 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         spans=server_spans(settings, tracer_provider),
 {%- endif %}
     )
+{%- else %}
+    app.add_middleware(RequestContextMiddleware)
+{%- endif %}
 {%- if cookiecutter.use_metrics %}
     setup_metrics(app, settings)
 {%- endif %}
