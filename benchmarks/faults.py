@@ -218,7 +218,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
             if reference not in rounds[0]:
                 return None
             values = [r[name]["load"]["p99_ms"] / r[reference]["load"]["p99_ms"] for r in rounds]
-            return round(statistics.median(values), 2)
+            return round(float(statistics.median(values)), 2)
 
         last = runs[-1]
         summary: dict[str, Any] = {
@@ -381,6 +381,7 @@ def main() -> None:
 
     summary = summarize(rounds)
     table = markdown(summary, args.rate, args.duration, args.repetitions)
+    verdicts = checks(summary, args)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "method": {
@@ -397,10 +398,10 @@ def main() -> None:
         "versions": versions,
         "rounds": rounds,
         "summary": summary,
-        "checks": checks(summary, args),
+        "checks": verdicts,
         "markdown": table,
     }
-    bench.write_report(args.output, report, table, report["checks"], "check")
+    bench.write_report(args.output, report, table, verdicts, "check")
     print(f"\nJSON: {args.output}")
 
 

@@ -36,7 +36,8 @@ class Connection(asyncio.Protocol):
         self.busy = False  # a request is in flight
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment] - uvloop's transports are not subclasses
+        # uvloop's transports do not subclass asyncio.Transport.
+        self.transport = transport  # type: ignore[assignment]
 
     def send(self, intended: float) -> None:
         assert self.transport is not None

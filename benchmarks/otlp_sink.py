@@ -25,7 +25,7 @@ from typing import Any
 try:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 except ImportError:  # still a valid sink, only without a span count
-    ExportTraceServiceRequest = None
+    ExportTraceServiceRequest = None  # type: ignore[assignment,misc]
 
 STATS = {"requests": 0, "bytes": 0, "spans": 0, "connections": 0}
 DELAY = 0.0

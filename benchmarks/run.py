@@ -729,7 +729,7 @@ def main() -> None:
                 ],
                 env=clean_env(),
             )
-            stack.callback(lambda: sink.poll() is not None or sink.kill())  # type: ignore[union-attr]
+            stack.callback(stop, sink, 5.0)  # on an error; the normal path stops it below
 
         rate = args.rate
         if rate is None and not args.no_latency:
@@ -783,6 +783,7 @@ def main() -> None:
 
     summary = summarize(runs, variants)
     table = markdown(summary, rate)
+    goals = targets(summary, bake_time)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -805,14 +806,14 @@ def main() -> None:
         },
         "versions": versions,
         "summary": summary,
-        "targets": targets(summary, bake_time),
+        "targets": goals,
         "cookiecutter": bake_time,
         "fast_tier": fast_tier,
         "otlp_receiver": otlp,
         "runs": runs,
         "markdown": table,
     }
-    write_report(args.output, report, table, report["targets"], "target")
+    write_report(args.output, report, table, goals, "target")
     if bake_time:
         print(
             f"- cookiecutter --no-input: {bake_time['mean_s']} s ± {bake_time['stddev_s']} ({bake_time['tool']}, "

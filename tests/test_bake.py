@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,10 @@ def test_template_code_is_ruff_clean() -> None:
     for cmd in (["ruff", "check", "--no-cache", *paths], ["ruff", "format", "--check", "--no-cache", *paths]):
         result = subprocess.run(cmd, cwd=TEMPLATE_DIR, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_code_type_checks() -> None:
+    """Hooks, tests and benchmarks pass mypy --strict (pyproject.toml's [tool.mypy]), as generated code must."""
+    cmd = [sys.executable, "-m", "mypy", "--cache-dir", "/dev/null"]
+    result = subprocess.run(cmd, cwd=TEMPLATE_DIR, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -94,15 +94,16 @@ def http_get(address: tuple[str, int], path: str, timeout: float = 10.0) -> tupl
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5) -> T:
     """Poll until `probe` returns something other than None (or a falsy value)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | Exception | None = None
     while time.monotonic() < deadline:
         try:
-            last = probe()
+            found = probe()
         except (OSError, http.client.HTTPException) as error:
             last = error
         else:
-            if last:
-                return last
+            if found:
+                return found
+            last = found
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}"[:3000])
 
@@ -216,7 +217,7 @@ def _test_prometheus_config(shipped: Path) -> str:
     assert sd_configs, "the shipped prometheus.yml finds nothing through DNS any more: update this test"
     for sd in sd_configs:
         sd["refresh_interval"] = DNS_REFRESH
-    return yaml.safe_dump(config, sort_keys=False)
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _test_rules(shipped: Path) -> str:
@@ -225,13 +226,13 @@ def _test_rules(shipped: Path) -> str:
         for rule in group["rules"]:
             if "for" in rule:
                 rule["for"] = ALERT_FOR
-    return yaml.safe_dump(rules, sort_keys=False)
+    return str(yaml.safe_dump(rules, sort_keys=False))
 
 
 def _test_alertmanager_config(shipped: Path) -> str:
     config = yaml.safe_load(shipped.read_text())
     config["route"].update(group_wait="1s", group_interval="2s")
-    return yaml.safe_dump(config, sort_keys=False)
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _write_test_configs(project: Path, target: Path) -> None:

@@ -154,7 +154,7 @@ SEVERITIES = {"critical", "warning", "info"}
 
 
 def _on(answers: dict[str, bool], toggle: str) -> bool:
-    return answers.get(toggle, DEFAULTS[toggle])
+    return bool(answers.get(toggle, DEFAULTS[toggle]))
 
 
 def _answers(name: str) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def _answers(name: str) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def baked(bake_once: Any) -> Any:
     def get(name: str) -> Path:
-        return bake_once(**_answers(name))
+        return Path(bake_once(**_answers(name)))
 
     return get
 
@@ -193,7 +193,8 @@ def compose_config(project: Path, *args: str, env: dict[str, str] | None = None)
         env=env,
     )
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
-    return json.loads(result.stdout)
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
 
 
 # --------------------------------------------------------------------------- compose
@@ -542,7 +543,7 @@ def test_every_alert_has_firing_and_quiet_unit_tests(baked: Any, combo: str) -> 
 
 def _datasources(project: Path) -> list[dict[str, Any]]:
     provisioning = project / "observability/grafana/provisioning/datasources"
-    sources = []
+    sources: list[dict[str, Any]] = []
     for file in provisioning.glob("*.y*ml"):
         sources += _yaml(file).get("datasources") or []
     return sources
