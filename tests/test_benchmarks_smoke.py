@@ -106,7 +106,9 @@ def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
     assert results["refused"]["export_failure_log_lines"] >= 1, "no export-failure warning"
     assert results["refused"]["recovery"]["collector"]["spans"] > 0, "export did not resume"
     assert report["summary"]["slow"]["p99_x_no_export"] is not None
+    assert report["summary"]["slow"]["p90_x_no_export"] is not None
     assert {check["check"] for check in report["checks"]} >= {
         "refused: p99 x no-export (the fault's own cost)",
+        "refused: p90 x no-export (the fault's own cost)",
         "black-hole: p99 x baseline (no tracing)",
     }
