@@ -152,10 +152,10 @@ class ServerSpans(Protocol):
         """End the span; returns (trace_id, span_id, sampled) of the request, if it has a trace."""
 {%- endif %}
 {%- endif %}
-{%- if observed %}
 
 
 class RequestContextMiddleware:
+{%- if observed %}
     """Request id, timing and route of every HTTP request, in one pass.
 
 {%- if cookiecutter.use_tracing %}
@@ -186,6 +186,17 @@ class RequestContextMiddleware:
 {%- if cookiecutter.use_tracing %}
         self.spans = spans
 {%- endif %}
+{%- else %}
+    """The id of every HTTP request, sent back in `X-Request-ID`.
+
+    The caller's id is kept if it is a short token, else a fresh one is made.
+    (A project baked with logs, metrics or traces also times each request here
+    and resolves its route for them.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+{%- endif %}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,6 +205,7 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
+{%- if observed %}
         if scope["path"] in EXCLUDED_PATHS:
             try:
                 await self.app(scope, receive, send)
@@ -253,26 +265,6 @@ class RequestContextMiddleware:
                 finished(info)
             request_id_var.reset(token)
 {%- else %}
-
-
-class RequestContextMiddleware:
-    """The id of every HTTP request, sent back in `X-Request-ID`.
-
-    The caller's id is kept if it is a short token, else a fresh one is made.
-    (A project baked with logs, metrics or traces also times each request here
-    and resolves its route for them.)
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = request_id_var.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
