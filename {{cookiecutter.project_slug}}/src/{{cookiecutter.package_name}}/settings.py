@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         env_prefix="APP_", env_file=".env", env_ignore_empty=True, extra="ignore"
     )
 
-    # Identity, as it appears in logs, metrics and traces.
+    # What the service is and where it runs.
     service_name: str = "{{ cookiecutter.project_slug }}"
     title: str = {{ cookiecutter.project_name | tojson }}
     description: str = {{ cookiecutter.description | tojson }}
