@@ -7,6 +7,7 @@ target, README section or compose service behind.
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from helpers import TEMPLATE_DIR
 pytestmark = pytest.mark.fast
 
 MATRIX = matrix()
-# Grafana dashboards are copied unrendered: their {{...}} is Grafana's own syntax.
+# Grafana dashboards keep Grafana's own {{...}} syntax (copied unrendered, or kept in raw blocks).
 RAW_GLOBS = ("observability/grafana/dashboards/*.json",)
 TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
 # Other tools' templates that legitimately survive: GitHub Actions expressions,
@@ -196,6 +197,19 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
             assert text not in monitoring, f"docs/monitoring.md still has {text!r} with {toggle} off"
 
 
+def test_without_tracing_nothing_mentions_exemplars(baked: tuple[dict[str, bool], Path]) -> None:
+    """Exemplars carry trace ids: without tracing no file may promise, store or request them."""
+    toggles, project = baked
+    if toggles["use_tracing"]:
+        return
+    for path in project_files(project):
+        text = path.read_text(errors="replace")
+        if is_raw(project, path):
+            text = text.replace('"exemplar": false', "")  # what Grafana writes for a panel without them
+        found = re.search(r"(?i).{0,60}exemplar.{0,60}", text)
+        assert not found, f"{path.relative_to(project)} mentions exemplars without tracing: {found.group()!r}"
+
+
 # What the request middleware computes for the signals alone.
 REQUEST_OBSERVATION = [
     r"\bRouteResolver\b",
@@ -216,6 +230,38 @@ def test_without_signals_requests_are_only_given_an_id(baked: tuple[dict[str, bo
             assert found, f"{pattern!r} missing although a signal observes requests"
         else:
             assert not found, f"{pattern!r} left in the code with every signal off"
+
+
+# Shell variables of the project's scripts that share the prefix but are not settings.
+NOT_SETTINGS = {"APP_UID"}
+SETTING_VARIABLE = re.compile(r"\bAPP_[A-Z0-9_]+\b")
+
+
+def settings_fields(project: Path) -> set[str]:
+    (settings_py,) = (project / "src").glob("*/settings.py")
+    tree = ast.parse(settings_py.read_text())
+    (cls,) = (node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Settings")
+    fields = {
+        node.target.id for node in cls.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    return fields - {"model_config"}
+
+
+def test_every_setting_is_read_and_every_variable_is_a_setting(baked: tuple[dict[str, bool], Path]) -> None:
+    """A setting nothing reads, or a variable no setting takes, is dangling: the bake must have neither."""
+    _, project = baked
+    fields = settings_fields(project)
+    read: set[str] = set()
+    for path in (project / "src").rglob("*.py"):
+        if path.name != "settings.py":
+            read |= {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+    assert not fields - read, f"settings that no code reads: {sorted(fields - read)}"
+    for path in project_files(project):
+        if path.suffix == ".py" or is_raw(project, path):
+            continue
+        for variable in set(SETTING_VARIABLE.findall(path.read_text(errors="replace"))) - NOT_SETTINGS:
+            field = variable.removeprefix("APP_").lower()
+            assert field in fields, f"{path.relative_to(project)} sets {variable}, which no setting reads"
 
 
 def test_compose_services_follow_the_toggles(baked: tuple[dict[str, bool], Path]) -> None:

@@ -214,7 +214,16 @@ def test_image_config(image: Image, record_property: Any) -> None:
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["APP_PORT"] == str(image.port)
-    assert env["APP_GIT_COMMIT"] == image.labels["GIT_COMMIT"]
+    # Set only for a setting the bake has: the commit labels app_build_info, the
+    # environment every log line and span.
+    if image.on("use_metrics"):
+        assert env["APP_GIT_COMMIT"] == image.labels["GIT_COMMIT"]
+    else:
+        assert "APP_GIT_COMMIT" not in env
+    if image.on("use_json_logging") or image.on("use_tracing"):
+        assert env["APP_ENVIRONMENT"] == "production"
+    else:
+        assert "APP_ENVIRONMENT" not in env
     labels = config["Labels"]
     assert labels["org.opencontainers.image.version"] == image.labels["VERSION"]
     assert labels["org.opencontainers.image.created"] == image.labels["CREATED"]

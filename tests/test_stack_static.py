@@ -263,14 +263,18 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     (port,) = app["ports"]
     assert "-" in str(port["published"]), "a fixed host port would break `--scale app=3`"
     assert port["target"] == 8000
-    assert app["environment"]["APP_ENVIRONMENT"] == "production"
-    assert app["environment"]["APP_LOG_FORMAT"] == "json"
+    answers = _answers(combo)
+    if _on(answers, "use_json_logging") or _on(answers, "use_tracing"):
+        assert app["environment"]["APP_ENVIRONMENT"] == "production"
+    if _on(answers, "use_metrics"):
+        assert app["environment"]["APP_GIT_COMMIT"] == "unknown"
+    if _on(answers, "use_json_logging"):
+        assert app["environment"]["APP_LOG_FORMAT"] == "json"
     assert "python" in app["healthcheck"]["test"] and "/health" in " ".join(app["healthcheck"]["test"])
     grace = app["stop_grace_period"]
     assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 10
     # The limit the memory alerts compare against (512 MiB, app:memory_limit_bytes).
     assert int(app["mem_limit"]) == 512 * 1024 * 1024
-    answers = _answers(combo)
     if _on(answers, "use_jaeger"):
         assert app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
         assert app["environment"]["OTEL_SERVICE_NAME"] == "my-service"
@@ -285,7 +289,8 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     else:
         assert "labels" not in app
     if _on(answers, "use_prometheus"):
-        assert "--enable-feature=exemplar-storage" in config["services"]["prometheus"]["command"]
+        exemplars = "--enable-feature=exemplar-storage" in config["services"]["prometheus"]["command"]
+        assert exemplars == _on(answers, "use_tracing"), "exemplars are stored exactly when spans give them ids"
     if _on(answers, "use_cadvisor"):
         cadvisor = config["services"]["cadvisor"]
         assert cadvisor["profiles"] == ["cadvisor"]

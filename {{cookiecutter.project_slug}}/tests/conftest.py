@@ -26,7 +26,13 @@ os.environ["OTEL_SDK_DISABLED"] = "true"
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(environment="test"{% if cookiecutter.use_json_logging %}, log_format="console"{% endif %})
+{%- if cookiecutter.use_json_logging %}
+    return Settings(environment="test", log_format="console")
+{%- elif cookiecutter.use_tracing %}
+    return Settings(environment="test")
+{%- else %}
+    return Settings()
+{%- endif %}
 
 
 @pytest.fixture
@@ -54,7 +60,9 @@ class Server:
             **os.environ,
             "APP_HOST": "127.0.0.1",
             "APP_PORT": str(self.port),
+{%- if cookiecutter.use_json_logging or cookiecutter.use_tracing %}
             "APP_ENVIRONMENT": "test",
+{%- endif %}
 {%- if cookiecutter.use_tracing %}
             "OTEL_SDK_DISABLED": "true",
 {%- endif %}

@@ -28,14 +28,24 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="APP_", env_file=".env", env_ignore_empty=True, extra="ignore"
     )
+{%- set labelled = cookiecutter.use_json_logging or cookiecutter.use_tracing %}
+{%- if labelled %}
 
     # What the service is and where it runs.
     service_name: str = "{{ cookiecutter.project_slug }}"
+{%- else %}
+
+    # What the service is.
+{%- endif %}
     title: str = {{ cookiecutter.project_name | tojson }}
     description: str = {{ cookiecutter.description | tojson }}
     version: str = __version__
-    git_commit: str = "unknown"
+{%- if cookiecutter.use_metrics %}
+    git_commit: str = "unknown"  # a label of app_build_info
+{%- endif %}
+{%- if labelled %}
     environment: str = "local"
+{%- endif %}
     debug: bool = False
 
     # Server.

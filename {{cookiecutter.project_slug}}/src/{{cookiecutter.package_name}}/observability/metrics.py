@@ -18,8 +18,13 @@ scrapes are not recorded at all.
 
 With several workers (`APP_WORKERS` > 1) each process writes its samples to
 files in `PROMETHEUS_MULTIPROC_DIR` and /metrics merges them. That mode has
+{%- if cookiecutter.use_tracing %}
 no exemplars and no process or GC metrics (the client library cannot merge
 them): prefer one worker per container and scale with replicas.
+{%- else %}
+no process or GC metrics (the client library cannot merge them): prefer one
+worker per container and scale with replicas.
+{%- endif %}
 """
 
 import asyncio
