@@ -91,6 +91,14 @@ def test_request_id_is_kept_when_safe(client: TestClient) -> None:
     assert response.headers["x-request-id"] == "abc-123.DEF_4"
 
 
+def test_every_response_carries_a_request_id(client: TestClient) -> None:
+    # Probes{% if cookiecutter.use_metrics %} and scrapes{% endif %} included, though no signal records them.
+    paths = ["/health", "/health/ready"{% if cookiecutter.use_metrics %}, "/metrics"{% endif %}, "/api/items/1", "/no/such/path"]
+    for path in paths:
+        response = client.get(path, headers={"X-Request-ID": f"probe-{len(path)}"})
+        assert response.headers["x-request-id"] == f"probe-{len(path)}", path
+
+
 def test_hostile_request_id_is_replaced(client: TestClient) -> None:
     for hostile in ['evil"\\value', "x" * 5000, "a b", "<script>"]:
         response = client.get("/api/items/1", headers={"X-Request-ID": hostile})

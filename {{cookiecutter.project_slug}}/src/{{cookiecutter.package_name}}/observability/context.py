@@ -205,10 +205,17 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                headers.append((_REQUEST_ID_HEADER, request_id.encode()))
+            await send(message)
 {%- if observed %}
+
         if scope["path"] in EXCLUDED_PATHS:
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, send_with_id)
             finally:
                 request_id_var.reset(token)
             return
@@ -265,12 +272,6 @@ class RequestContextMiddleware:
                 finished(info)
             request_id_var.reset(token)
 {%- else %}
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
-                headers.append((_REQUEST_ID_HEADER, request_id.encode()))
-            await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
