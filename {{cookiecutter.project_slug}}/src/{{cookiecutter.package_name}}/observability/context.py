@@ -205,17 +205,10 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
-                headers.append((_REQUEST_ID_HEADER, request_id.encode()))
-            await send(message)
 {%- if observed %}
-
         if scope["path"] in EXCLUDED_PATHS:
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive, _sending_id(send, request_id))
             finally:
                 request_id_var.reset(token)
             return
@@ -272,12 +265,23 @@ class RequestContextMiddleware:
                 finished(info)
             request_id_var.reset(token)
 {%- else %}
-
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, _sending_id(send, request_id))
         finally:
             request_id_var.reset(token)
 {%- endif %}
+
+
+def _sending_id(send: Send, request_id: str) -> Send:
+    """`send`, adding the `X-Request-ID` header to the response."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.setdefault("headers", [])
+            headers.append((_REQUEST_ID_HEADER, request_id.encode()))
+        await send(message)
+
+    return send_with_id
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
