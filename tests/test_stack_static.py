@@ -43,9 +43,12 @@ COMBOS: dict[str, dict[str, bool]] = {
     "cadvisor": {"use_cadvisor": True},
     "prometheus-cadvisor": {**NO_STACK, "use_prometheus": True, "use_cadvisor": True},
     "loki-alone": {**NO_STACK, "use_loki": True},
+    # Metrics and logs without tracing: the stack keeps no trace ids and asks for no exemplars.
+    "no-tracing": {"use_tracing": False, "use_jaeger": False},
 }
 PROMETHEUS_COMBOS = [
     "everything",
+    "no-tracing",
     "prometheus",
     "prometheus-alertmanager",
     "grafana-prometheus",
@@ -53,9 +56,9 @@ PROMETHEUS_COMBOS = [
     "cadvisor",
     "prometheus-cadvisor",
 ]
-ALERTMANAGER_COMBOS = ["everything", "prometheus-alertmanager", "no-grafana", "cadvisor"]
-GRAFANA_COMBOS = ["everything", "grafana-prometheus", "grafana-loki", "grafana-jaeger", "cadvisor"]
-LOKI_COMBOS = ["everything", "grafana-loki", "no-grafana", "loki-alone"]
+ALERTMANAGER_COMBOS = ["everything", "prometheus-alertmanager", "no-grafana", "cadvisor", "no-tracing"]
+GRAFANA_COMBOS = ["everything", "grafana-prometheus", "grafana-loki", "grafana-jaeger", "cadvisor", "no-tracing"]
+LOKI_COMBOS = ["everything", "grafana-loki", "no-grafana", "loki-alone", "no-tracing"]
 
 # compose service -> toggle
 SERVICES = {
@@ -283,7 +286,10 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     else:
         # .env may still carry an endpoint for local runs; it must not be Jaeger's.
         assert "jaeger" not in app["environment"].get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-        assert app["environment"]["OTEL_TRACES_EXPORTER"] == "none"
+        if _on(answers, "use_tracing"):
+            assert app["environment"]["OTEL_TRACES_EXPORTER"] == "none"
+        else:
+            assert not [name for name in app["environment"] if name.startswith("OTEL_")]
     if _on(answers, "use_loki"):
         assert app["labels"]["logging"] == "alloy"
     else:
@@ -634,8 +640,10 @@ def test_grafana_dashboards_follow_their_data_sources(baked: Any, combo: str) ->
 
 
 @pytest.mark.fast
-def test_dashboards_are_copied_raw_and_use_only_exported_metrics(baked: Any) -> None:
-    project = baked("everything")
+@pytest.mark.parametrize("combo", ["everything", "no-tracing"])
+def test_dashboards_keep_grafana_syntax_and_use_only_exported_metrics(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    tracing = _on(_answers(combo), "use_tracing")
     dashboards = _dashboards(project)
     overview = dashboards["service-overview.json"]
     exprs = [value for key, value in _walk(overview) if key == "expr"]
@@ -662,18 +670,23 @@ def test_dashboards_are_copied_raw_and_use_only_exported_metrics(baked: Any) -> 
         if panel["title"] in {"CPU", "Resident memory", "Open file descriptors", "GC collections", "Event-loop lag"}:
             expr = panel["targets"][0]["expr"]
             assert 'instance=~"$instance"' in expr and "{{instance}}" in panel["targets"][0]["legendFormat"], panel
-    assert any(value is True for key, value in _walk(overview) if key == "exemplar")
-    # Grafana's own {{...}} survived: the files were not rendered.
+    exemplars = {value for key, value in _walk(overview) if key == "exemplar"}
+    assert exemplars == {tracing}, "latency panels ask for exemplars exactly when spans give them"
+    # Grafana's own {{...}} survived the rendering.
     assert "{{http_route}}" in json.dumps(overview)
 
     logs = dashboards["service-logs.json"]
     for expr in (value for key, value in _walk(logs) if key == "expr"):
         _check_logql(expr)
+    assert "{{level}}" in json.dumps(logs)
     # One box finds a request by either id: a bake without tracing has request_id only.
     variables = {v["name"] for v in logs["templating"]["list"]}
     assert variables == {"service_name", "search", "request"}
     (search,) = [p["targets"][0]["expr"] for p in logs["panels"] if p["title"] == "Logs"]
-    assert 'trace_id=~"${request}.*" or request_id=~"${request}.*"' in search
+    if tracing:
+        assert 'trace_id=~"${request}.*" or request_id=~"${request}.*"' in search
+    else:
+        assert search.endswith('| request_id=~"${request}.*"') and "trace_id" not in json.dumps(logs)
 
 
 @pytest.mark.fast
@@ -697,8 +710,9 @@ def test_container_dashboard_uses_only_cadvisor_metrics(baked: Any) -> None:
 
 
 @pytest.mark.fast
-def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any) -> None:
-    project = baked("everything")
+@pytest.mark.parametrize("combo", ["everything", "no-tracing"])
+def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any, combo: str) -> None:
+    project = baked(combo)
     loki = _yaml(project / "observability/loki/config.yaml")
     schema = loki["schema_config"]["configs"][-1]
     assert (schema["schema"], schema["store"], schema["object_store"]) == ("v13", "tsdb", "filesystem")
@@ -711,7 +725,8 @@ def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any) -> None:
     metadata = re.search(r"stage\.structured_metadata \{\s*values = \{(.*?)\}", alloy, re.S)
     assert labels and metadata
     assert re.findall(r"(\w+)\s*=", labels.group(1)) == ["level"]
-    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == {"trace_id", "span_id", "request_id"}
+    ids = {"trace_id", "span_id", "request_id"} if _on(_answers(combo), "use_tracing") else {"request_id"}
+    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == ids
     assert 'target_label  = "service_name"' in alloy and "com_docker_compose_service" in alloy
     # Every component a reference points to is defined.
     defined = {f"{kind}.{label}" for kind, label in re.findall(r"^([a-z_.]+) \"(\w+)\" \{", alloy, re.M)}

@@ -114,7 +114,7 @@ class BodyLimit:
 
 def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
     async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
-        # Logged by the server with its stack trace; the client only gets the ids.
+        # Logged by the server with its stack trace; the client only gets the {% if cookiecutter.use_tracing %}ids{% else %}request id{% endif %}.
         details = traceback.format_exception(exc) if debug else None
         return error_response(request, 500, "Internal Server Error", details=details)
 

@@ -1,4 +1,8 @@
-"""Liveness and readiness probes (kept out of logs, metrics and traces)."""
+{%- if cookiecutter.__signals -%}
+"""Liveness and readiness probes (kept out of {{ cookiecutter.__signals }})."""
+{%- else -%}
+"""Liveness and readiness probes."""
+{%- endif %}
 
 from fastapi import APIRouter, Request, Response
 

@@ -1,6 +1,6 @@
 """Example routes: a parameterised route, a downstream call and a deliberate failure.
 
-Replace them with the service's real API; they exist to show each signal at work.
+Replace them with the service's real API; they exist to show {% if cookiecutter.__signals %}each signal{% else %}the error format{% endif %} at work.
 """
 
 {% if not cookiecutter.use_json_logging -%}
@@ -44,7 +44,11 @@ def http_client(request: Request) -> httpx.AsyncClient:
 
 @router.get("/items/{item_id}")
 async def get_item(item_id: Annotated[int, Path(ge=1, le=1_000_000)]) -> Item:
-    """A route with a path parameter: metrics and logs label it `/api/items/{item_id}`."""
+{%- if cookiecutter.use_json_logging or cookiecutter.use_metrics or cookiecutter.use_tracing %}
+    """A route with a path parameter: requests are labelled `/api/items/{item_id}`, not by id."""
+{%- else %}
+    """A route with a path parameter, validated: out of range is a 422."""
+{%- endif %}
     return Item(id=item_id, name=f"item-{item_id}")
 
 
@@ -59,7 +63,11 @@ async def call_downstream(
     client: Annotated[httpx.AsyncClient, Depends(http_client)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> DownstreamResult:
-    """Calls another HTTP service; with tracing on, the call carries `traceparent`."""
+{%- if cookiecutter.use_tracing %}
+    """Calls another HTTP service; the call carries `traceparent`, so the trace continues there."""
+{%- else %}
+    """Calls another HTTP service; a failed call is a 502."""
+{%- endif %}
     url = str(settings.downstream_url or f"http://127.0.0.1:{settings.port}/api/items/1")
     headers = {}
     if settings.downstream_token is not None:
@@ -80,5 +88,5 @@ async def call_downstream(
 
 @router.get("/fail")
 async def fail() -> None:
-    """Fails on purpose, to see a 5xx in the logs, the error ratio and a trace."""
+    """Fails on purpose, to see a 5xx in the logs{% if cookiecutter.use_metrics and cookiecutter.use_tracing %}, the error ratio and a trace{% elif cookiecutter.use_metrics %} and the error ratio{% elif cookiecutter.use_tracing %} and a trace{% endif %}."""
     raise RuntimeError("deliberate failure for demonstrations")

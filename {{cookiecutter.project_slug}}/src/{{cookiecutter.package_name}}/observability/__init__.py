@@ -1,1 +1,5 @@
-"""Logs, metrics and traces of the service, one module per signal."""
+{%- if cookiecutter.__signals -%}
+"""{{ cookiecutter.__signals | capitalize }} of the service, one module per signal."""
+{%- else -%}
+"""The request context of the service: the id each request is given."""
+{%- endif %}

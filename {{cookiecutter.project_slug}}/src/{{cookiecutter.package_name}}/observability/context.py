@@ -1,6 +1,6 @@
 {%- set observed = cookiecutter.use_json_logging or cookiecutter.use_metrics or cookiecutter.use_tracing -%}
 {%- if observed -%}
-"""Per-request context shared by logs, metrics and traces.
+"""Per-request context read by {{ cookiecutter.__signals }}.
 
 One pure-ASGI middleware (never BaseHTTPMiddleware, which breaks context
 propagation and costs half the throughput of a small endpoint) assigns the
@@ -190,8 +190,6 @@ class RequestContextMiddleware:
     """The id of every HTTP request, sent back in `X-Request-ID`.
 
     The caller's id is kept if it is a short token, else a fresh one is made.
-    (A project baked with logs, metrics or traces also times each request here
-    and resolves its route for them.)
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -1,4 +1,4 @@
-"""Logs: loguru, one JSON object per line on stdout, with trace and request ids.
+"""Logs: loguru, one JSON object per line on stdout, with {% if cookiecutter.use_tracing %}trace and {% endif %}request ids.
 
 - stdlib `logging` (uvicorn, gunicorn, httpx, ...) is routed into loguru, so
   every line goes through the same sink and none is printed twice.
