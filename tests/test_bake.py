@@ -216,6 +216,24 @@ def test_without_tracing_nothing_mentions_traces(baked: tuple[dict[str, bool], P
         assert not found, f"{path.relative_to(project)} mentions tracing without it: {found.group()!r}"
 
 
+# What only the JSON logs have: their lines, fields and the metadata a log shipper keeps.
+LOG_WORDS = re.compile(
+    r".{0,60}(?:(?i:json lines?)|access lines?|duration_ms|exception_type|\bloguru\b|structured metadata).{0,60}"
+)
+
+
+def test_without_json_logs_nothing_mentions_their_lines(baked: tuple[dict[str, bool], Path]) -> None:
+    """Without JSON logging the service prints plain lines: no file may point to JSON lines or their fields."""
+    toggles, project = baked
+    if toggles["use_json_logging"]:
+        return
+    for path in project_files(project):
+        if path.relative_to(project).parts[0] == "tests":
+            continue
+        found = LOG_WORDS.search(path.read_text(errors="replace"))
+        assert not found, f"{path.relative_to(project)} mentions JSON logs without them: {found.group()!r}"
+
+
 # What the request middleware computes for the signals alone.
 REQUEST_OBSERVATION = [
     r"\bRouteResolver\b",

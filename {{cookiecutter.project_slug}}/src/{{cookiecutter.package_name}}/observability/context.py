@@ -39,10 +39,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 {%- endif %}
 {%- if observed %}
+{%- if cookiecutter.use_json_logging and cookiecutter.use_metrics and cookiecutter.use_tracing %}
 
 # Requests to these paths are neither logged, measured nor traced: probes and
 # scrapes would drown the signal they are there to collect.
-EXCLUDED_PATHS = frozenset({"/metrics", "/health", "/health/ready"})
+{%- else %}
+
+# Requests to these paths are left out of the {{ cookiecutter.__signals }}:
+# probes{% if cookiecutter.use_metrics %} and scrapes{% endif %} would drown the signal they are there to collect.
+{%- endif %}
+EXCLUDED_PATHS = frozenset({ {%- if cookiecutter.use_metrics %}"/metrics", {% endif %}"/health", "/health/ready"})
 UNMATCHED_ROUTE = "__unmatched__"
 KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
@@ -51,8 +57,8 @@ OTHER_METHOD = "_OTHER"  # OpenTelemetry's value for methods outside the known s
 {%- endif %}
 
 # A caller's X-Request-ID is kept only if it is a short token; anything else
-# (newlines, quotes, megabytes) is replaced, so it can never reach a log line
-# or a response header raw.
+# (newlines, quotes, megabytes) is replaced, so it can never reach {% if cookiecutter.use_json_logging %}a log line
+# or {% endif %}a response header raw.
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _REQUEST_ID_HEADER = b"x-request-id"
 

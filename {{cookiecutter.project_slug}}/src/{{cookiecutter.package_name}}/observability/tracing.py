@@ -182,7 +182,7 @@ def setup_tracing(settings: Settings) -> TracerProvider:
             }
         ).merge(OTELResourceDetector().detect())
         _provider = TracerProvider(resource=resource)
-        # OTEL_TRACES_EXPORTER=none keeps trace ids in logs and exemplars with no backend.
+        # OTEL_TRACES_EXPORTER=none: spans still get ids to correlate by, and go nowhere.
         if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() != "none":
             exporter = BackgroundExporter(settings.span_export_nice)
             if exporter.nice:
@@ -288,8 +288,8 @@ def telemetry_config(settings: Settings, provider: TracerProvider) -> TelemetryC
         "tracer_provider": provider,
         "tracing": settings.trace_operation_spans,
         "operation_spans": settings.trace_operation_spans,
-        "metrics": False,  # prometheus-client owns the HTTP metrics
-        "logs": False,  # logs go to stdout, where the log shipper collects them
+        "metrics": False,  # {% if cookiecutter.use_metrics %}prometheus-client owns the HTTP metrics{% else %}the service exports no metrics{% endif %}
+        "logs": False,  # logs go to stdout, for whatever collects the container's output
         "auto_configure": False,
         "exclude": lambda scope: scope.get("path") in EXCLUDED_PATHS,
     }
