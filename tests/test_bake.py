@@ -65,7 +65,11 @@ TRACES_OF = {
         # The runbook follows a request by request_id instead.
         "monitoring": ['"trace_id": "..."', "a `trace_id`", "their `trace_id`", "its `trace_id`", "and trace_id."],
     },
-    "use_dockerfile": {"makefile": ["image:", "up:", "down:", "logs:", "docker compose"], "readme": ["make up"]},
+    "use_dockerfile": {
+        "makefile": ["image:", "up:", "down:", "logs:", "docker compose"],
+        "readme": ["make up", "and the image"],
+        "src": [r"\bcompose\b"],
+    },
 }
 COMPOSE_SERVICES = {
     "use_prometheus": {"prometheus"},

@@ -55,7 +55,7 @@ from starlette.types import Scope
 from ..settings import Settings
 from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
 
-# Bounds the span flush on shutdown; the compose stop grace period is longer.
+# Bounds the span flush on shutdown{% if cookiecutter.use_dockerfile %}; the compose stop grace period is longer{% endif %}.
 _DEFAULT_EXPORT_TIMEOUT_MS = "5000"
 _DEFAULT_EXPORT_BATCH_SIZE = "64"
 # The SDK loggers that report export failures, once per retry of every batch.
