@@ -201,41 +201,31 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
             assert text not in monitoring, f"docs/monitoring.md still has {text!r} with {toggle} off"
 
 
-# Traces, spans, their ids and the exemplars that carry them (not stack traces, nor the TRACE method or level).
-TRACING_WORDS = re.compile(
-    r".{0,60}(?:(?i:exemplar)|trace_id|span_id|traceparent|\bspans?\b|(?<![Ss]tack )\btraces?\b).{0,60}"
-)
+# What a bake may not mention once a signal is off. Tracing: traces, spans, their ids and the
+# exemplars that carry them (not stack traces, nor the TRACE method or level). JSON logs: their
+# lines, their fields and the metadata a log shipper keeps (the plain logs have none of them).
+UNMENTIONABLE = {
+    "use_tracing": re.compile(
+        r".{0,60}(?:(?i:exemplar)|trace_id|span_id|traceparent|\bspans?\b|(?<![Ss]tack )\btraces?\b).{0,60}"
+    ),
+    "use_json_logging": re.compile(
+        r".{0,60}(?:(?i:json lines?)|access lines?|duration_ms|exception_type|\bloguru\b|structured metadata).{0,60}"
+    ),
+}
 
 
-def test_without_tracing_nothing_mentions_traces(baked: tuple[dict[str, bool], Path]) -> None:
-    """No file may promise, store or ask for a trace, a span or an exemplar that a bake without tracing has not."""
+@pytest.mark.parametrize("toggle", list(UNMENTIONABLE))
+def test_a_switched_off_signal_is_not_mentioned(baked: tuple[dict[str, bool], Path], toggle: str) -> None:
+    """No file may promise, store or ask for what a switched-off signal would have made."""
     toggles, project = baked
-    if toggles["use_tracing"]:
+    if toggles[toggle]:
         return
     for path in project_files(project):
-        if path.relative_to(project).parts[0] == "tests":  # its tests may assert that there are none
+        if path.relative_to(project).parts[0] == "tests":  # its tests may assert that there is none
             continue
         text = path.read_text(errors="replace").replace('"exemplar": false', "")  # a Grafana panel without them
-        found = TRACING_WORDS.search(text)
-        assert not found, f"{path.relative_to(project)} mentions tracing without it: {found.group()!r}"
-
-
-# What only the JSON logs have: their lines, fields and the metadata a log shipper keeps.
-LOG_WORDS = re.compile(
-    r".{0,60}(?:(?i:json lines?)|access lines?|duration_ms|exception_type|\bloguru\b|structured metadata).{0,60}"
-)
-
-
-def test_without_json_logs_nothing_mentions_their_lines(baked: tuple[dict[str, bool], Path]) -> None:
-    """Without JSON logging the service prints plain lines: no file may point to JSON lines or their fields."""
-    toggles, project = baked
-    if toggles["use_json_logging"]:
-        return
-    for path in project_files(project):
-        if path.relative_to(project).parts[0] == "tests":
-            continue
-        found = LOG_WORDS.search(path.read_text(errors="replace"))
-        assert not found, f"{path.relative_to(project)} mentions JSON logs without them: {found.group()!r}"
+        found = UNMENTIONABLE[toggle].search(text)
+        assert not found, f"{path.relative_to(project)} mentions it with {toggle} off: {found.group()!r}"
 
 
 # What the request middleware computes for the signals alone.
