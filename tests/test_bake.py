@@ -65,6 +65,7 @@ TRACES_OF = {
         # The runbook follows a request by request_id instead.
         "monitoring": ['"trace_id": "..."', "a `trace_id`", "their `trace_id`", "its `trace_id`", "and trace_id."],
     },
+    "use_github_actions": {"makefile": ["CI"], "readme": ["CI"]},
     "use_dockerfile": {
         "makefile": ["image:", "up:", "down:", "logs:", "docker compose"],
         "readme": ["make up", "and the image"],
