@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,12 @@ SHARED_TOOLS = TEMPLATE_DIR.parent / "shared" / "tools"
 # images are pulled instead of building local stand-ins.
 PULL_IMAGES = os.environ.get("PULL_IMAGES") == "1"
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.8"
+
+
+def runbook_queries(project: Path) -> list[str]:
+    """The PromQL a runbook without Grafana gives in place of the dashboards' panels (code spans on a job)."""
+    runbook = (project / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    return [span for span in re.findall(r"`([^`\n]+)`", runbook) if re.search(r'\{job="(?:app|cadvisor)"', span)]
 
 
 def unavailable(reason: str) -> None:

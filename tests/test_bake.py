@@ -66,6 +66,8 @@ TRACES_OF = {
         "monitoring": ['"trace_id": "..."', "a `trace_id`", "their `trace_id`", "its `trace_id`", "and trace_id."],
     },
     "use_github_actions": {"makefile": ["CI"], "readme": ["CI"]},
+    # Without Grafana the runbook reads Prometheus and Loki directly.
+    "use_grafana": {"readme": ["dashboard"], "monitoring": ["dashboard", "Service overview", "Service logs"]},
     "use_dockerfile": {
         "makefile": ["image:", "up:", "down:", "logs:", "docker compose"],
         "readme": ["make up", "and the image"],

@@ -44,6 +44,7 @@ from helpers import (
     require_docker,
     require_image,
     run,
+    runbook_queries,
 )
 
 pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("docker")]
@@ -433,7 +434,9 @@ def _metric_names(expr: str) -> set[str]:
     return {name for name in names if name not in PROMQL_WORDS and not re.fullmatch(r"[\d.eE+-]+", name)}
 
 
-def test_dashboard_and_rule_expressions_evaluate(stack: Stack, error_burst: list[dict[str, Any]]) -> None:
+def test_dashboard_and_rule_expressions_evaluate(
+    stack: Stack, error_burst: list[dict[str, Any]], bake_once: Any
+) -> None:
     """Every PromQL of the dashboards, of the rules and of the Jaeger -> metrics links evaluates.
 
     A dashboard panel must have data when it only reads what the app exports (or `up`/`ALERTS`):
@@ -466,6 +469,12 @@ def test_dashboard_and_rule_expressions_evaluate(stack: Stack, error_burst: list
     assert not empty, "panels without data after the traffic:\n" + "\n".join(empty)
     assert len(evaluated_only) < len(expressions), evaluated_only
     print(f"panels evaluated only (their metrics cannot exist here): {evaluated_only}")
+
+    # Without Grafana the runbook gives the panels' queries instead: they have data too.
+    queries = runbook_queries(bake_once(use_grafana=False))
+    assert len(queries) >= 8, queries
+    empty = [query for query in queries if not stack.query(query)]
+    assert not empty, "runbook queries without data after the traffic:\n" + "\n".join(empty)
 
     # The dashboards' variable query (label_values(...) is Grafana's, through the labels API).
     services = stack.prometheus("/api/v1/label/service/values", **{"match[]": 'up{job="app"}'})

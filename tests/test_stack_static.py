@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, unavailable
+from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, runbook_queries, unavailable
 
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.33.1"
@@ -687,6 +687,20 @@ def test_dashboards_keep_grafana_syntax_and_use_only_exported_metrics(baked: Any
         assert 'trace_id=~"${request}.*" or request_id=~"${request}.*"' in search
     else:
         assert search.endswith('| request_id=~"${request}.*"') and "trace_id" not in json.dumps(logs)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", ["no-grafana", "prometheus-cadvisor", "everything"])
+def test_runbook_without_grafana_gives_queries_of_exported_metrics(baked: Any, combo: str) -> None:
+    project = baked(combo)
+    queries = runbook_queries(project)
+    if _on(_answers(combo), "use_grafana"):
+        assert not queries, "with Grafana the runbook names dashboard panels"
+        return
+    assert len(queries) >= 8, queries
+    for query in queries:
+        _check_promql(query, "docs/monitoring.md", CADVISOR_METRICS, CADVISOR_LABELS)
+    assert any('job="cadvisor"' in query for query in queries) == _on(_answers(combo), "use_cadvisor")
 
 
 @pytest.mark.fast
