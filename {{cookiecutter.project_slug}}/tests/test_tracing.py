@@ -343,6 +343,24 @@ def flooded_logger() -> Iterator[tuple[logging.Logger, list[str], list[int]]]:
         logger.disabled = False
 
 
+def test_muted_loggers_are_unmuted_by_one_thread_started_ahead(
+    flooded_logger: tuple[logging.Logger, list[str], list[int]],
+) -> None:
+    # A thread started from the request whose span was dropped stalled it for about 1 ms.
+    logger, _, _ = flooded_logger
+    limit = RateLimitFilter(interval_seconds=60.0, mute_seconds=0.05)
+    limit.start()
+    logger.addFilter(limit)
+    threads = threading.active_count()
+    for _ in range(5):
+        for _ in range(100):
+            logger.warning("Queue full, dropping %s.", "span")
+        assert logger.disabled, "a repeating logger is muted"
+        assert threading.active_count() == threads, "muting starts no thread"
+        time.sleep(0.2)
+        assert not logger.disabled, "and speaks again once the mute is over"
+
+
 def test_a_flood_of_export_warnings_is_cut_before_records_are_built(
     flooded_logger: tuple[logging.Logger, list[str], list[int]],
 ) -> None:

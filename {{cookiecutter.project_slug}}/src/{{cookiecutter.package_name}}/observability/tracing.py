@@ -81,6 +81,10 @@ class RateLimitFilter(logging.Filter):
     second while a dead collector keeps the queue full. So a logger that
     repeats itself is also muted for `mute_seconds`; its records are then not
     even created, and the count of suppressed ones becomes a lower bound.
+
+    A muted logger never reaches its filters again, so one thread per process
+    unmutes it. `start` starts that thread off the request path: a thread
+    started from the request that logged would stall it (about 1 ms).
     """
 
     def __init__(self, interval_seconds: float = 60.0, mute_seconds: float = 1.0) -> None:
@@ -89,8 +93,16 @@ class RateLimitFilter(logging.Filter):
         self.mute_seconds = mute_seconds
         self._last: dict[tuple[str, object], float] = {}
         self._suppressed: dict[tuple[str, object], int] = {}
-        self._muted: set[str] = set()
+        self._muted: dict[str, float] = {}  # logger name -> when it speaks again
         self._lock = threading.Lock()
+        self._muting = threading.Event()  # set when a logger is muted
+        self._unmuter: threading.Thread | None = None
+        self._unmuter_pid = 0
+
+    def start(self) -> None:
+        """Start the unmuting thread of this process, if it does not run yet."""
+        with self._lock:
+            self._start_locked()
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.msg)
@@ -98,7 +110,7 @@ class RateLimitFilter(logging.Filter):
         with self._lock:
             if now - self._last.get(key, -self.interval) < self.interval:
                 self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                self._mute(record.name)
+                self._mute(record.name, now)
                 return False
             self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
@@ -106,19 +118,36 @@ class RateLimitFilter(logging.Filter):
             record.msg = f"{record.msg} (at least {suppressed} similar messages suppressed)"
         return True
 
-    def _mute(self, name: str) -> None:
+    def _mute(self, name: str, now: float) -> None:
         if name in self._muted:
             return
-        self._muted.add(name)
+        self._muted[name] = now + self.mute_seconds
         logging.getLogger(name).disabled = True  # checked before a record is built
-        unmute = threading.Timer(self.mute_seconds, self._unmute, (name,))
-        unmute.daemon = True
-        unmute.start()
+        self._start_locked()  # a no-op once `start` has run in this process
+        self._muting.set()
 
-    def _unmute(self, name: str) -> None:
-        with self._lock:
-            self._muted.discard(name)
-            logging.getLogger(name).disabled = False
+    def _start_locked(self) -> None:
+        # A forked worker inherits `_unmuter_pid` but not the thread: it starts its own.
+        if self._unmuter_pid == os.getpid():
+            return
+        self._unmuter_pid = os.getpid()
+        self._unmuter = threading.Thread(
+            target=self._unmute_when_due, name="log-unmute", daemon=True
+        )
+        self._unmuter.start()
+
+    def _unmute_when_due(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                for name, until in list(self._muted.items()):
+                    if until <= now:
+                        del self._muted[name]
+                        logging.getLogger(name).disabled = False
+                next_due = min(self._muted.values(), default=None)
+                self._muting.clear()
+            # Sleeps until the next logger is due, or until one is muted.
+            self._muting.wait(None if next_due is None else next_due - now)
 
 
 _rate_limit = RateLimitFilter()
@@ -184,6 +213,7 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         _provider = TracerProvider(resource=resource)
         # OTEL_TRACES_EXPORTER=none: spans still get ids to correlate by, and go nowhere.
         if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() != "none":
+            _rate_limit.start()
             exporter = BackgroundExporter(settings.span_export_nice)
             if exporter.nice:
                 sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
