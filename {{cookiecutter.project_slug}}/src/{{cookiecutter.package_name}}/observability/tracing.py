@@ -96,7 +96,6 @@ class RateLimitFilter(logging.Filter):
         self._muted: dict[str, float] = {}  # logger name -> when it speaks again
         self._lock = threading.Lock()
         self._muting = threading.Event()  # set when a logger is muted
-        self._unmuter: threading.Thread | None = None
         self._unmuter_pid = 0
 
     def start(self) -> None:
@@ -131,10 +130,8 @@ class RateLimitFilter(logging.Filter):
         if self._unmuter_pid == os.getpid():
             return
         self._unmuter_pid = os.getpid()
-        self._unmuter = threading.Thread(
-            target=self._unmute_when_due, name="log-unmute", daemon=True
-        )
-        self._unmuter.start()
+        unmuter = threading.Thread(target=self._unmute_when_due, name="log-unmute", daemon=True)
+        unmuter.start()
 
     def _unmute_when_due(self) -> None:
         while True:
