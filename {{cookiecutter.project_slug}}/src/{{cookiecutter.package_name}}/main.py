@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.shutting_down = False
             # What startup built lives as long as the process. Frozen, it is left out of
             # the collector's full passes, each of which would otherwise walk all of it
-            # and stall every request for about 30 ms (the template's benchmarks/ measure it).
+            # and stall every request for about 30 ms.
             gc.collect()
             gc.freeze()
             yield

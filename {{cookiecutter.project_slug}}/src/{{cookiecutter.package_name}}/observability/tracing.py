@@ -3,10 +3,10 @@
 One server span per request, named and attributed as the HTTP semantic
 conventions say, is recorded by `ServerSpans`, which the request middleware
 (context.py) calls around the app: that costs about half of what FastAPI's
-native per-request tracing does (the template's benchmarks/). FastAPI's
-native tracing takes over only when its per-operation spans (dependencies,
-endpoint, serialization) are asked for with `APP_TRACE_OPERATION_SPANS`. No
-instrumentation library is layered on top: every request has one server span.
+native per-request tracing does. FastAPI's native tracing takes over only
+when its per-operation spans (dependencies, endpoint, serialization) are
+asked for with `APP_TRACE_OPERATION_SPANS`. No instrumentation library is
+layered on top: every request has one server span.
 
 Everything else follows the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT
 (the SDK appends /v1/traces), OTEL_TRACES_EXPORTER (`none` exports nothing),
@@ -191,8 +191,7 @@ def setup_tracing(settings: Settings) -> TracerProvider:
     if _provider is None:
         os.environ.setdefault("OTEL_BSP_EXPORT_TIMEOUT", _DEFAULT_EXPORT_TIMEOUT_MS)
         # The exporter encodes each batch in Python while holding the GIL: batches of
-        # 64 spans instead of the SDK's 512 cut the latency spikes this causes to a
-        # quarter (benchmarks/faults.py in the template repository).
+        # 64 spans instead of the SDK's 512 cut the latency spikes this causes to a quarter.
         os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _DEFAULT_EXPORT_BATCH_SIZE)
         for name in _EXPORT_LOGGERS:
             exporter_logger = logging.getLogger(name)
@@ -309,7 +308,7 @@ def telemetry_config(settings: Settings, provider: TracerProvider) -> TelemetryC
     """FastAPI's native tracing, only when its per-operation spans are asked for.
 
     Otherwise the request middleware records the one server span per request,
-    at about half the cost (see benchmarks/ in the template repository).
+    at about half the cost.
     """
     return {
         "tracer_provider": provider,
