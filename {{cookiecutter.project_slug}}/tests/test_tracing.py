@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import Server, StartServer, free_port
-from {{ cookiecutter.package_name }}.observability.tracing import RateLimitFilter
+from {{ cookiecutter.package_name }}.observability.tracing import RateLimitFilter, _split_host
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
@@ -65,6 +65,52 @@ def test_one_server_span_per_request(start_server: StartServer, receiver: OtlpRe
     assert span.resource["service.name"] == "{{ cookiecutter.project_slug }}"
     assert span.resource["deployment.environment.name"] == "test"
     assert span.resource["service.version"]
+
+
+def test_server_span_carries_the_http_semantic_convention_attributes(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    headers = {"Host": "api.example.test:8443", "User-Agent": "semconv-check/1.0"}
+    httpx.get(f"{server.url}/api/items/3?view=full&sig=s3cr3t", headers=headers)
+    httpx.get(f"{server.url}/api/items/4")
+    spans = wait_for_spans(receiver, lambda s: len(s) >= 2)
+    by_path = {span.attributes["url.path"]: span.attributes for span in spans}
+    assert by_path["/api/items/3"] == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/api/items/3",
+        "url.query": "view=full&sig=REDACTED",  # a signed URL's credential never leaves the service
+        "network.protocol.version": "1.1",
+        "http.route": "/api/items/{item_id}",
+        "http.response.status_code": 200,
+        "server.address": "api.example.test",
+        "server.port": 8443,
+        "client.address": "127.0.0.1",
+        "user_agent.original": "semconv-check/1.0",
+    }
+    plain = by_path["/api/items/4"]
+    assert "url.query" not in plain, "url.query only when the request has one"
+    assert (plain["server.address"], plain["server.port"]) == ("127.0.0.1", server.port)
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "expected"),
+    [
+        ("example.com", "http", ("example.com", 80)),
+        ("example.com", "https", ("example.com", 443)),
+        ("example.com:8443", "https", ("example.com", 8443)),
+        ("[::1]:8000", "http", ("::1", 8000)),
+        ("[2001:db8::1]", "https", ("2001:db8::1", 443)),
+        ("example.com:http", "http", ("example.com", None)),
+        ("example.com:99999", "http", ("example.com", None)),
+        ("example.com:\u00b2", "http", ("example.com", None)),
+    ],
+)
+def test_host_header_gives_server_address_and_port(
+    host: str, scheme: str, expected: tuple[str, int | None]
+) -> None:
+    assert _split_host(host, scheme) == expected
 
 
 def test_incoming_traceparent_continues_the_trace(

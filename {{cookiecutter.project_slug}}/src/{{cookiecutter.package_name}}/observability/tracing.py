@@ -50,6 +50,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.util.http import PARAMS_TO_REDACT, redact_query_parameters
 from starlette.types import Scope
 
 from ..settings import Settings
@@ -246,27 +247,17 @@ class ServerSpans:
     def start(self, scope: Scope, method: str, route: str) -> tuple[Span, Token[Context]] | None:
         if self.tracer is None:
             return None
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in self._propagation_headers
-        }
+        carrier: dict[str, str] = {}
+        host = user_agent = None
+        for header, value in scope["headers"]:
+            if header == b"host":
+                host = value
+            elif header == b"user-agent":
+                user_agent = value
+            elif header in self._propagation_headers:
+                carrier[header.decode("latin-1")] = value.decode("latin-1")
         parent = propagate.extract(carrier) if carrier else None
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.scheme": scope.get("scheme", "http"),
-            "url.path": scope["path"],
-            "network.protocol.version": scope.get("http_version", "1.1"),
-        }
-        if method == OTHER_METHOD:
-            attributes["http.request.method_original"] = scope["method"]
-        if route != UNMATCHED_ROUTE:
-            attributes["http.route"] = route
-        server = scope.get("server")
-        if server:
-            attributes["server.address"] = server[0]
-            if server[1] is not None:
-                attributes["server.port"] = server[1]
+        attributes = _request_attributes(scope, method, route, host, user_agent)
         name = method if route == UNMATCHED_ROUTE else f"{method} {route}"
         span = self.tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
@@ -297,6 +288,65 @@ class ServerSpans:
             # The unhandled error's handler runs outside the middleware, once the span is detached.
             scope["state"]["trace_id"] = trace_id
         return trace_id, format(span_context.span_id, "016x"), span_context.trace_flags.sampled
+
+
+def _request_attributes(
+    scope: Scope, method: str, route: str, host: bytes | None, user_agent: bytes | None
+) -> dict[str, Any]:
+    """The server span's attributes known when the request starts."""
+    scheme = scope.get("scheme", "http")
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.scheme": scheme,
+        "url.path": scope["path"],
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    if method == OTHER_METHOD:
+        attributes["http.request.method_original"] = scope["method"]
+    if route != UNMATCHED_ROUTE:
+        attributes["http.route"] = route
+    query = scope.get("query_string")
+    if query:
+        attributes["url.query"] = _redacted_query(query.decode("latin-1"))
+    if host:  # the server the client asked for, as the conventions prefer
+        address, port = _split_host(host.decode("latin-1"), scheme)
+    else:  # HTTP/1.0 without Host: the socket the request came in on
+        address, port = scope.get("server") or ("", None)
+    if address:
+        attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+    client = scope.get("client")
+    if client:
+        # Behind a trusted proxy (FORWARDED_ALLOW_IPS), uvicorn puts the original client here.
+        attributes["client.address"] = client[0]
+    if user_agent:
+        attributes["user_agent.original"] = user_agent.decode("latin-1")
+    return attributes
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
+    """A Host header as (server.address, server.port): the scheme's port when it names none."""
+    if host.startswith("["):  # an IPv6 literal: [::1]:8000
+        address, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        address, _, port = host.partition(":")
+    if not port:
+        return address, _DEFAULT_PORTS.get(scheme)
+    if port.isascii() and port.isdigit() and int(port) <= 65535:
+        return address, int(port)
+    return address, None  # malformed: no port rather than a wrong one
+
+
+def _redacted_query(query: str) -> str:
+    """The query, with the values of the parameters that carry credentials (signed URLs) replaced."""
+    if not any(name in query for name in PARAMS_TO_REDACT):
+        return query  # the usual case: no parsing
+    return redact_query_parameters(f"?{query}").removeprefix("?")
 
 
 def server_spans(settings: Settings, provider: TracerProvider) -> ServerSpans:
