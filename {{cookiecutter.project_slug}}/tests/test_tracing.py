@@ -94,6 +94,25 @@ def test_server_span_carries_the_http_semantic_convention_attributes(
     assert (plain["server.address"], plain["server.port"]) == ("127.0.0.1", server.port)
 
 
+def test_giant_client_headers_are_cut_in_the_span(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(3):
+            response = client.get(
+                "/api/items/5", params={"q": "q" * 20_000}, headers={"User-Agent": "u" * 100_000}
+            )
+            assert response.status_code == 200
+    spans = wait_for_spans(receiver, lambda s: len(s) >= 3)
+    for span in spans:
+        assert span.attributes["user_agent.original"] == "u" * 4096
+        assert span.attributes["url.query"] == "q=" + "q" * 4094
+    assert server.stop() == 0
+    cut = [line for line in server.lines if "exceeds max length" in line]
+    assert len(cut) == 1, f"one warning for the six cut values, not one each: {cut}"
+
+
 @pytest.mark.parametrize(
     ("host", "scheme", "expected"),
     [

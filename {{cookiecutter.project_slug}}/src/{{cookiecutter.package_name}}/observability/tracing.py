@@ -59,11 +59,14 @@ from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
 # Bounds the span flush on shutdown{% if cookiecutter.use_dockerfile %}; the compose stop grace period is longer{% endif %}.
 _DEFAULT_EXPORT_TIMEOUT_MS = "5000"
 _DEFAULT_EXPORT_BATCH_SIZE = "64"
-# The SDK loggers that report export failures, once per retry of every batch.
-_EXPORT_LOGGERS = (
+_DEFAULT_ATTRIBUTE_VALUE_LENGTH = "4096"
+# The SDK loggers that repeat themselves: export failures, once per retry of every
+# batch, and cut attribute values, once per request whose client sent a giant header.
+_REPEATING_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.sdk.trace.export",
+    "opentelemetry.attributes",
 )
 
 # The GIL hand-over interval while spans are exported; CPython's default is 5 ms.
@@ -194,12 +197,15 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         # The exporter encodes each batch in Python while holding the GIL: batches of
         # 64 spans instead of the SDK's 512 cut the latency spikes this causes to a quarter.
         os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _DEFAULT_EXPORT_BATCH_SIZE)
-        for name in _EXPORT_LOGGERS:
-            exporter_logger = logging.getLogger(name)
-            if _rate_limit not in exporter_logger.filters:
+        # The client writes the path, the query and the User-Agent: a megabyte header
+        # must not become a megabyte span in the trace backend.
+        os.environ.setdefault("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", _DEFAULT_ATTRIBUTE_VALUE_LENGTH)
+        for name in _REPEATING_LOGGERS:
+            sdk_logger = logging.getLogger(name)
+            if _rate_limit not in sdk_logger.filters:
                 # First in line: the SDK's own DuplicateFilter drops repeats before later
                 # filters see them, so ours would never learn to mute the logger.
-                exporter_logger.filters.insert(0, _rate_limit)
+                sdk_logger.filters.insert(0, _rate_limit)
         resource = Resource.create(
             {
                 "service.name": settings.service_name,
