@@ -94,6 +94,8 @@ ALLOWED_LABELS = {
     "http_request_method",
     "http_route",
     "http_response_status_code",
+    "url_scheme",
+    "error_type",
     "le",
     "version",
     "commit",

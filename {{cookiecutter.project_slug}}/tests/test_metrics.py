@@ -17,12 +17,18 @@ def samples(text: str, name: str) -> list[Sample]:
     return [s for family in parse_text(text) for s in family.samples if s.name == name]
 
 
-def count(text: str, route: str, status: str, method: str = "GET") -> float:
+def count(text: str, route: str, status: str, method: str = "GET", error_type: str = "") -> float:
+    labels = {
+        "http_request_method": method,
+        "http_route": route,
+        "http_response_status_code": status,
+        "url_scheme": "http",
+        "error_type": error_type,  # empty: no label at all once Prometheus has scraped it
+    }
     return sum(
         s.value
         for s in samples(text, "http_server_request_duration_seconds_count")
-        if s.labels
-        == {"http_request_method": method, "http_route": route, "http_response_status_code": status}
+        if s.labels == labels
     )
 
 
@@ -37,7 +43,7 @@ def test_red_metrics_use_route_templates(start_server: StartServer) -> None:
     text = httpx.get(f"{server.url}/metrics").text
 
     assert count(text, "/api/items/{item_id}", "200") == 5
-    assert count(text, "/api/fail", "500") == 1
+    assert count(text, "/api/fail", "500", error_type="RuntimeError") == 1
     assert count(text, "__unmatched__", "404") == 1
     assert count(text, "/api/items/{item_id}", "405", method="_OTHER") == 1
     routes = {
@@ -46,7 +52,8 @@ def test_red_metrics_use_route_templates(start_server: StartServer) -> None:
     assert not {"/health", "/metrics"} & routes, "probes and scrapes must not be recorded"
     buckets = {s.labels["le"] for s in samples(text, "http_server_request_duration_seconds_bucket")}
     assert {"0.005", "0.1", "1.0", "10.0", "+Inf"} <= buckets
-    assert samples(text, "http_server_active_requests")
+    active = {tuple(sorted(s.labels.items())) for s in samples(text, "http_server_active_requests")}
+    assert (("http_request_method", "GET"), ("url_scheme", "http")) in active
     (build,) = samples(text, "app_build_info")
     assert build.value == 1
     assert build.labels["version"]

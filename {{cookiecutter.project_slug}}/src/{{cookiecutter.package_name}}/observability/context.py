@@ -76,9 +76,11 @@ class RequestInfo:
     """What the signals need to know about one finished request."""
 
     method: str
+    scheme: str
     route: str
     path: str
     status: int
+    error_type: str | None  # the exception's class, or the status code of a 5xx
     duration: float
     client: str | None
     user_agent: str | None
@@ -94,7 +96,7 @@ TraceIds = tuple[str, str, bool]
 {%- endif %}
 
 
-RequestStarted = Callable[[str], None]
+RequestStarted = Callable[[str, str], None]  # (method, scheme)
 RequestFinished = Callable[[RequestInfo], None]
 
 
@@ -220,11 +222,12 @@ class RequestContextMiddleware:
         method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
         # Resolved before the app runs: routing rewrites root_path inside mounts.
         route = self.resolve_route(scope)
+        scheme = scope.get("scheme", "http")
         for started in self.on_start:
-            started(method)
+            started(method, scheme)
         status = 500  # what the client gets if the app raises before responding
-{%- if cookiecutter.use_tracing %}
         error_type: str | None = None
+{%- if cookiecutter.use_tracing %}
         spans = self.spans
         span = spans.start(scope, method, route) if spans is not None else None
 {%- endif %}
@@ -240,11 +243,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_ids)
-{%- if cookiecutter.use_tracing %}
         except BaseException as exc:
             error_type = type(exc).__qualname__
             raise
-{%- endif %}
         finally:
             duration = perf_counter() - start
 {%- if cookiecutter.use_tracing %}
@@ -252,9 +253,11 @@ class RequestContextMiddleware:
 {%- endif %}
             info = RequestInfo(
                 method=method,
+                scheme=scheme,
                 route=route,
                 path=scope["path"],
                 status=status,
+                error_type=error_type or (str(status) if status >= 500 else None),
                 duration=duration,
                 client=scope["client"][0] if scope.get("client") else None,
                 user_agent=_header(scope, b"user-agent"),

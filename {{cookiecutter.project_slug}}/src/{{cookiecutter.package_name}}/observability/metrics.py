@@ -1,13 +1,16 @@
 """Metrics: RED metrics in Prometheus form of the OpenTelemetry HTTP conventions.
 
 - `http_server_request_duration_seconds{http_request_method, http_route,
+  http_response_status_code, url_scheme, error_type}`: a histogram with the
 {%- if cookiecutter.use_tracing %}
-  http_response_status_code}`: a histogram with the semconv buckets, and an
-  exemplar carrying the trace_id of sampled requests.
+  semconv buckets, and an exemplar carrying the trace_id of sampled requests.
 {%- else %}
-  http_response_status_code}`: a histogram with the semconv buckets.
+  semconv buckets.
 {%- endif %}
-- `http_server_active_requests{http_request_method}`: requests in flight.
+  `error_type` is set on failed requests only: the exception's class, or the
+  status code of a 5xx response.
+- `http_server_active_requests{http_request_method, url_scheme}`: requests in
+  flight.
 - `app_build_info{version, commit, python_version}`: always 1.
 - `app_event_loop_lag_seconds`: how late the event loop runs a timer; a
   blocking call in async code shows up here before it shows up as latency.
@@ -48,13 +51,13 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
 REQUEST_DURATION = Histogram(
     "http_server_request_duration_seconds",
     "Duration of HTTP server requests.",
-    ["http_request_method", "http_route", "http_response_status_code"],
+    ["http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"],
     buckets=DURATION_BUCKETS,
 )
 ACTIVE_REQUESTS = Gauge(
     "http_server_active_requests",
     "Number of HTTP server requests in flight.",
-    ["http_request_method"],
+    ["http_request_method", "url_scheme"],
     multiprocess_mode="livesum",
 )
 BUILD_INFO = Gauge(
@@ -72,28 +75,30 @@ EVENT_LOOP_LAG = Gauge(
 EVENT_LOOP_CHECK_SECONDS = 0.5
 
 # Label lookups take a lock; caching the children keeps the request path to a dict get.
-_duration_children: dict[tuple[str, str, int], Histogram] = {}
-_active_children: dict[str, Gauge] = {}
+_duration_children: dict[tuple[str, str, int, str, str | None], Histogram] = {}
+_active_children: dict[tuple[str, str], Gauge] = {}
 
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
-def request_started(method: str) -> None:
-    gauge = _active_children.get(method)
+def request_started(method: str, scheme: str) -> None:
+    key = (method, scheme)
+    gauge = _active_children.get(key)
     if gauge is None:
-        gauge = _active_children[method] = ACTIVE_REQUESTS.labels(method)
+        gauge = _active_children[key] = ACTIVE_REQUESTS.labels(method, scheme)
     gauge.inc()
 
 
 def request_finished(info: RequestInfo) -> None:
-    _active_children[info.method].dec()
-    key = (info.method, info.route, info.status)
+    _active_children[info.method, info.scheme].dec()
+    key = (info.method, info.route, info.status, info.scheme, info.error_type)
     histogram = _duration_children.get(key)
     if histogram is None:
+        # An empty error_type is no label at all to Prometheus: requests that did not fail.
         histogram = _duration_children[key] = REQUEST_DURATION.labels(
-            info.method, info.route, str(info.status)
+            info.method, info.route, str(info.status), info.scheme, info.error_type or ""
         )
 {%- if cookiecutter.use_tracing %}
     if info.sampled and info.trace_id is not None:
