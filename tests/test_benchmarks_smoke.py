@@ -96,7 +96,7 @@ def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
         "--repetitions", "1",
     )  # fmt: skip
     report = json.loads(output.read_text())
-    names = ["baseline", "no-export", "healthy", "refused", "black-hole", "slow"]
+    names = ["baseline", "no-export", "no-op", "healthy", "refused", "black-hole", "slow"]
     assert [list(one_round) for one_round in report["rounds"]] == [names]
     assert list(report["summary"]) == names
     results = report["rounds"][0]
@@ -108,10 +108,10 @@ def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
     assert results["healthy"]["collector"]["spans"] > 0, "the healthy collector got no span"
     assert results["refused"]["export_failure_log_lines"] >= 1, "no export-failure warning"
     assert results["refused"]["recovery"]["collector"]["spans"] > 0, "export did not resume"
-    assert report["summary"]["slow"]["p99_x_no_export"] is not None
-    assert report["summary"]["slow"]["p90_x_no_export"] is not None
+    assert report["summary"]["slow"]["p99_x_noop"] is not None
+    assert report["summary"]["slow"]["p90_x_noop"] is not None
     assert {check["check"] for check in report["checks"]} >= {
-        "refused: p99 x no-export (the fault's own cost)",
-        "refused: p90 x no-export (the fault's own cost)",
+        "refused: p99 x no-op (the fault's own cost)",
+        "refused: p90 x no-op (the fault's own cost)",
         "black-hole: p99 x baseline (no tracing)",
     }
