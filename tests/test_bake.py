@@ -209,7 +209,7 @@ def test_disabled_features_leave_nothing(baked: tuple[dict[str, bool], Path]) ->
 # lines, their fields and the metadata a log shipper keeps (the plain logs have none of them).
 UNMENTIONABLE = {
     "use_tracing": re.compile(
-        r".{0,60}(?:(?i:exemplar)|trace_id|span_id|traceparent|\bspans?\b|(?<![Ss]tack )\btraces?\b).{0,60}"
+        r".{0,60}(?:(?i:exemplar)|trace_id|span_id|traceparent|\bspans?\b|(?<![Ss]tack )\btracer?s?\b).{0,60}"
     ),
     "use_json_logging": re.compile(
         r".{0,60}(?:(?i:json lines?)|access lines?|duration_ms|exception_type|\bloguru\b|structured metadata).{0,60}"

@@ -2,7 +2,7 @@
 
 One worker runs uvicorn directly, the default: in containers, scale with
 replicas. `APP_WORKERS` > 1 runs gunicorn with uvicorn workers instead, each
-building its own app (and tracer provider) after the fork; nothing is
+building its own app{% if cookiecutter.use_tracing %} (and tracer provider){% endif %} after the fork; nothing is
 preloaded in the parent.
 """
 
