@@ -21,6 +21,7 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     kind: int
+    status_code: int  # 0 unset, 1 ok, 2 error
     attributes: dict[str, Any]
     resource: dict[str, Any]
 
@@ -89,6 +90,7 @@ class OtlpReceiver:
                                 span_id=span.span_id.hex(),
                                 parent_span_id=span.parent_span_id.hex(),
                                 kind=span.kind,
+                                status_code=span.status.code,
                                 attributes={a.key: _value(a.value) for a in span.attributes},
                                 resource=resource,
                             )

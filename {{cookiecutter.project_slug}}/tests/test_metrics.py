@@ -33,10 +33,12 @@ def count(text: str, route: str, status: str, method: str = "GET", error_type: s
 
 
 def test_red_metrics_use_route_templates(start_server: StartServer) -> None:
-    server = start_server()
+    # Nothing listens on the downstream port: /api/downstream answers 502 without raising.
+    server = start_server({"APP_DOWNSTREAM_URL": f"http://127.0.0.1:{free_port()}/"})
     for item in range(1, 6):
         httpx.get(f"{server.url}/api/items/{item}")
     httpx.get(f"{server.url}/api/fail")
+    httpx.get(f"{server.url}/api/downstream")
     httpx.get(f"{server.url}/does/not/exist")
     httpx.request("PURGE", f"{server.url}/api/items/1")
     httpx.get(f"{server.url}/health")
@@ -44,6 +46,7 @@ def test_red_metrics_use_route_templates(start_server: StartServer) -> None:
 
     assert count(text, "/api/items/{item_id}", "200") == 5
     assert count(text, "/api/fail", "500", error_type="RuntimeError") == 1
+    assert count(text, "/api/downstream", "502", error_type="502") == 1
     assert count(text, "__unmatched__", "404") == 1
     assert count(text, "/api/items/{item_id}", "405", method="_OTHER") == 1
     routes = {

@@ -20,6 +20,7 @@ from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 CLIENT_KIND = 3
+UNSET_STATUS, ERROR_STATUS = 0, 2  # opentelemetry.proto.trace.v1.Status.StatusCode
 
 
 @pytest.fixture
@@ -187,6 +188,32 @@ def test_server_error_returns_its_trace_id(
     (span,) = wait_for_spans(receiver, lambda s: len(s) >= 1)
     assert span.trace_id == trace_id
     assert span.attributes["error.type"] == "RuntimeError"
+    assert span.status_code == ERROR_STATUS
+
+
+def test_a_5xx_response_without_an_exception_fails_its_span(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    # Nothing listens on the downstream port: the route answers 502 through an HTTPException,
+    # which FastAPI turns into a response before the request middleware could see it raised.
+    closed = f"http://127.0.0.1:{free_port()}/"
+    server = start_server(tracing_env(receiver.endpoint, APP_DOWNSTREAM_URL=closed))
+    assert httpx.get(f"{server.url}/api/downstream").status_code == 502
+    spans = wait_for_spans(receiver, lambda s: any(x.name == "GET /api/downstream" for x in s))
+    span = next(s for s in spans if s.name == "GET /api/downstream")
+    assert span.attributes["http.response.status_code"] == 502
+    assert span.attributes["error.type"] == "502"
+    assert span.status_code == ERROR_STATUS
+
+
+def test_a_4xx_response_leaves_its_span_unset(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    server = start_server(tracing_env(receiver.endpoint))
+    assert httpx.get(f"{server.url}/api/items/0").status_code == 422
+    (span,) = wait_for_spans(receiver, lambda s: len(s) >= 1)
+    assert "error.type" not in span.attributes, "a client's error is not the server's failure"
+    assert span.status_code == UNSET_STATUS
 
 
 def test_operation_spans_are_opt_in(start_server: StartServer, receiver: OtlpReceiver) -> None:

@@ -157,7 +157,10 @@ class ServerSpans(Protocol):
     def end(
         self, started: Any, scope: Scope, status: int, error_type: str | None
     ) -> TraceIds | None:
-        """End the span; returns (trace_id, span_id, sampled) of the request, if it has a trace."""
+        """End the span, failed if `error_type` is set (as in `RequestInfo`).
+
+        Returns (trace_id, span_id, sampled) of the request, if it has a trace.
+        """
 {%- endif %}
 {%- endif %}
 
@@ -248,6 +251,8 @@ class RequestContextMiddleware:
             raise
         finally:
             duration = perf_counter() - start
+            if error_type is None and status >= 500:
+                error_type = str(status)  # failed without raising: the status names the error
 {%- if cookiecutter.use_tracing %}
             ids = spans.end(span, scope, status, error_type) if spans is not None else None
 {%- endif %}
@@ -257,7 +262,7 @@ class RequestContextMiddleware:
                 route=route,
                 path=scope["path"],
                 status=status,
-                error_type=error_type or (str(status) if status >= 500 else None),
+                error_type=error_type,
                 duration=duration,
                 client=scope["client"][0] if scope.get("client") else None,
                 user_agent=_header(scope, b"user-agent"),

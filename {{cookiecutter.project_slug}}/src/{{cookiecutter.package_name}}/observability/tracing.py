@@ -282,8 +282,8 @@ class ServerSpans:
             span_context = span.get_span_context()
             if span.is_recording():
                 span.set_attribute("http.response.status_code", status)
-                if error_type is not None or status >= 500:
-                    span.set_attribute("error.type", error_type or str(status))
+                if error_type is not None:
+                    span.set_attribute("error.type", error_type)
                     span.set_status(StatusCode.ERROR)
             span.end()
             otel_context.detach(token)
@@ -291,7 +291,7 @@ class ServerSpans:
             return None
         trace_id = format(span_context.trace_id, "032x")
         if error_type is not None:
-            # The unhandled error's handler runs outside the middleware, once the span is detached.
+            # An unhandled error's handler runs outside the middleware, once the span is detached.
             scope["state"]["trace_id"] = trace_id
         return trace_id, format(span_context.span_id, "016x"), span_context.trace_flags.sampled
 
