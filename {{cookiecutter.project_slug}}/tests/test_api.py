@@ -2,9 +2,12 @@
 
 import gc
 import re
+import socket
 
+import httpx
 from fastapi.testclient import TestClient
 
+from conftest import StartServer
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -65,6 +68,24 @@ def test_unknown_method_is_405(client: TestClient) -> None:
     response = client.request("PURGE", "/api/items/1")
     assert response.status_code == 405
     assert_error(response.json(), 405)
+
+
+def test_methods_over_the_wire(start_server: StartServer) -> None:
+    server = start_server()
+    # A method the HTTP parser knows and no route allows: the app's JSON 405.
+    response = httpx.request("PURGE", f"{server.url}/api/items/1")
+    assert response.status_code == 405
+    assert_error(response.json(), 405)
+    # A method the parser (httptools) does not know never reaches the app: uvicorn answers
+    # with its own plain-text 400, which repeats nothing of the request and has no stack trace.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"BREW /api/items/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert b"BREW" not in reply
+    assert b"Traceback" not in reply
 
 
 def test_oversized_body_is_413(client: TestClient) -> None:
