@@ -6,8 +6,8 @@ building its own app{% if cookiecutter.use_tracing %} (and tracer provider){% en
 preloaded in the parent.
 """
 
-{% if cookiecutter.use_metrics -%}
 import os
+{% if cookiecutter.use_metrics -%}
 import shutil
 {% endif -%}
 import signal
@@ -20,6 +20,7 @@ from gunicorn.app.base import BaseApplication
 {%- if cookiecutter.use_json_logging %}
 from gunicorn.glogging import Logger as GunicornLogger
 {%- endif %}
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from .settings import Settings, get_settings
@@ -30,11 +31,61 @@ DEFAULT_MULTIPROC_DIR = "/tmp/prometheus-multiproc"  # noqa: S108 - a tmpfs in t
 {%- endif %}
 
 
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing a request head over `APP_MAX_HEADER_BYTES`.
+
+    httptools buffers a header of any size (a 32 MB one goes through) and uvicorn
+    bounds only its h11 parser's. Every read that leaves the head incomplete is
+    counted, so one request holds at most the limit plus one read (256 KiB):
+    past it the client gets a 431 in the JSON error format and the connection
+    is closed. A read in which a pipelined request begins counts whole.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_head_bytes = get_settings().max_header_bytes
+        self.head_bytes = 0
+        self.reading_head = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.reading_head and not self.transport.is_closing():
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head_bytes:
+                self._refuse_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.reading_head, self.head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self.reading_head = False
+        super().on_headers_complete()
+
+    def _refuse_head(self) -> None:
+        # Imported here, in a worker: the gunicorn parent imports nothing of the app.
+        from .errors import refusal_body  # noqa: PLC0415
+
+        self.logger.warning("Request head over %d bytes refused.", self.max_head_bytes)
+        request_id = os.urandom(16).hex()
+        body = refusal_body(431, request_id)
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            f"x-request-id: {request_id}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
+
 class Worker(UvicornWorker):
     """uvicorn worker without uvicorn's access log (the app writes its own)."""
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - gunicorn reads it as a class attribute
         **UvicornWorker.CONFIG_KWARGS,
+        "http": BoundedHeadProtocol,
         "access_log": False,
         "server_header": False,
     }
@@ -123,6 +174,7 @@ def main() -> None:
             log_config=None,  # the app routes uvicorn's loggers into its own sink
             access_log=False,  # replaced by the app's structured access line
 {%- endif %}
+            http=BoundedHeadProtocol,
             server_header=False,
             timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
         )

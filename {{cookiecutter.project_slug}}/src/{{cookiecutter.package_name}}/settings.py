@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     graceful_timeout_seconds: float = Field(default=20.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # Request line and headers together; httptools alone would buffer a head of any size.
+    max_header_bytes: int = Field(default=65_536, ge=1024)
 
     # The downstream HTTP service the demo route calls; None calls this service itself.
     downstream_url: AnyHttpUrl | None = None
