@@ -6,6 +6,7 @@ import re
 import socket
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -111,6 +112,30 @@ def test_an_oversized_request_head_gets_431(start_server: StartServer, workers: 
     assert head.startswith(b"HTTP/1.1 431 "), reply[:200]
     error = assert_error(json.loads(body), 431)
     assert f"x-request-id: {error['request_id']}".encode() in head
+
+
+def test_slow_and_silent_connections_are_closed(start_server: StartServer) -> None:
+    server = start_server({"APP_HEADER_TIMEOUT_SECONDS": "1"})
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=15) as silent,
+        socket.create_connection(("127.0.0.1", server.port), timeout=15) as slow,
+        httpx.Client() as client,
+    ):
+        slow.sendall(b"GET /api/items/1 HTTP/1.1\r\nHost: localhost\r\nX-Pad: ")  # and no more
+        # A kept-alive client pausing longer than the head timeout between requests is fine.
+        assert client.get(f"{server.url}/api/items/1").status_code == 200
+        time.sleep(1.5)
+        assert client.get(f"{server.url}/api/items/2").status_code == 200
+        started = time.monotonic()
+        reply = b""
+        while chunk := slow.recv(65536):
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+        assert_error(json.loads(body), 408)
+        # Nothing sent at all: closed after uvicorn's keep-alive timeout (5 s), without a reply.
+        assert silent.recv(1) == b""
+        assert time.monotonic() - started < 10
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/status")

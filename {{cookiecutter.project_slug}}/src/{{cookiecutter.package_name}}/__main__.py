@@ -6,12 +6,14 @@ building its own app{% if cookiecutter.use_tracing %} (and tracer provider){% en
 preloaded in the parent.
 """
 
+import asyncio
 import os
 {% if cookiecutter.use_metrics -%}
 import shutil
 {% endif -%}
 import signal
 import sys
+from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
@@ -32,27 +34,48 @@ DEFAULT_MULTIPROC_DIR = "/tmp/prometheus-multiproc"  # noqa: S108 - a tmpfs in t
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing a request head over `APP_MAX_HEADER_BYTES`.
+    """uvicorn's httptools protocol, with a bound on each request head's size and time.
 
     httptools buffers a header of any size (a 32 MB one goes through) and uvicorn
-    bounds only its h11 parser's. Every read that leaves the head incomplete is
-    counted, so one request holds at most the limit plus one read (256 KiB):
-    past it the client gets a 431 in the JSON error format and the connection
-    is closed. A read in which a pipelined request begins counts whole.
+    bounds only its h11 parser's; nor does uvicorn time a head out, so a client
+    that sends nothing or trickles a head holds its connection for ever.
+    - Every read that leaves the head incomplete is counted: past
+      `APP_MAX_HEADER_BYTES` (plus at most one read, 256 KiB) the client gets a
+      431 and the connection is closed. A read in which a pipelined request
+      begins counts whole.
+    - A head still incomplete `APP_HEADER_TIMEOUT_SECONDS` after its first
+      read gets a 408; a new connection that sends nothing is closed after
+      uvicorn's keep-alive timeout, as an idle one is after a response.
+    A head that arrives in one read, the usual case, costs one comparison.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_head_bytes = get_settings().max_header_bytes
+        settings = get_settings()
+        self.max_head_bytes = settings.max_header_bytes
+        self.head_timeout = settings.header_timeout_seconds
         self.head_bytes = 0
         self.reading_head = False
+        self.head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.reading_head and not self.transport.is_closing():
             self.head_bytes += len(data)
             if self.head_bytes > self.max_head_bytes:
-                self._refuse_head()
+                self._refuse(431, f"Request head over {self.max_head_bytes} bytes refused.")
+            elif self.head_deadline is None:
+                self.head_deadline = self.loop.call_later(self.head_timeout, self._head_too_slow)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -60,17 +83,29 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
+        self._cancel_head_deadline()
         super().on_headers_complete()
 
-    def _refuse_head(self) -> None:
+    def _head_too_slow(self) -> None:
+        self.head_deadline = None
+        if self.reading_head and not self.transport.is_closing():
+            self._refuse(408, f"Request head not complete within {self.head_timeout:g} s.")
+
+    def _cancel_head_deadline(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _refuse(self, status: int, reason: str) -> None:
         # Imported here, in a worker: the gunicorn parent imports nothing of the app.
         from .errors import refusal_body  # noqa: PLC0415
 
-        self.logger.warning("Request head over %d bytes refused.", self.max_head_bytes)
+        self.logger.warning(reason)
+        self._cancel_head_deadline()
         request_id = os.urandom(16).hex()
-        body = refusal_body(431, request_id)
+        body = refusal_body(status, request_id)
         head = (
-            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "content-type: application/json\r\n"
             f"content-length: {len(body)}\r\n"
             f"x-request-id: {request_id}\r\n"

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # Request line and headers together; httptools alone would buffer a head of any size.
     max_header_bytes: int = Field(default=65_536, ge=1024)
+    # How long a started request head may take to arrive (slow-header clients hold connections).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # The downstream HTTP service the demo route calls; None calls this service itself.
     downstream_url: AnyHttpUrl | None = None
