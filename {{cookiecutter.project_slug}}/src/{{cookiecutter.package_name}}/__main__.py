@@ -40,9 +40,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     bounds only its h11 parser's; nor does uvicorn time a head out, so a client
     that sends nothing or trickles a head holds its connection for ever.
     - Every read that leaves the head incomplete is counted: past
-      `APP_MAX_HEADER_BYTES` (plus at most one read, 256 KiB) the client gets a
-      431 and the connection is closed. A read in which a pipelined request
-      begins counts whole.
+      `APP_MAX_HEADER_BYTES` the client gets a 431 and the connection is
+      closed. A head completed by the read that crosses the limit still goes
+      through, so one holds at most the limit plus a read (256 KiB); a read
+      in which a pipelined request begins counts whole.
     - A head still incomplete `APP_HEADER_TIMEOUT_SECONDS` after its first
       read gets a 408; a new connection that sends nothing is closed after
       uvicorn's keep-alive timeout, as an idle one is after a response.
