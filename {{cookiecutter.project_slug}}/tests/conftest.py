@@ -1,6 +1,8 @@
 """Fixtures: an in-process client, and the real server in a subprocess."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +81,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: see `start_server`
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -127,7 +130,7 @@ class StartServer(Protocol):
 
 @pytest.fixture
 def start_server() -> Iterator[StartServer]:
-    """start_server(env) -> a ready Server; killed at the end of the test if still running."""
+    """start_server(env) -> a ready Server; killed, workers and all, at the end of the test."""
     servers: list[Server] = []
 
     def start(
@@ -143,6 +146,7 @@ def start_server() -> Iterator[StartServer]:
 
     yield start
     for server in servers:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait(10)
+        # The whole group: with APP_WORKERS > 1, gunicorn's workers outlive a killed master.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
