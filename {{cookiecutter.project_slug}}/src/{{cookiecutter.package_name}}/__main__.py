@@ -117,7 +117,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
 
 class Worker(UvicornWorker):
-    """uvicorn worker without uvicorn's access log (the app writes its own)."""
+    """uvicorn worker: bounded request heads, no uvicorn access log (the app writes its own)."""
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - gunicorn reads it as a class attribute
         **UvicornWorker.CONFIG_KWARGS,
