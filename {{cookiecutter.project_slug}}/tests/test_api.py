@@ -75,6 +75,14 @@ def test_unknown_method_is_405(client: TestClient) -> None:
     assert_error(response.json(), 405)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends on `sock` until it closes the connection."""
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    return reply
+
+
 def test_methods_over_the_wire(start_server: StartServer) -> None:
     server = start_server()
     # A method the HTTP parser knows and no route allows: the app's JSON 405.
@@ -85,9 +93,7 @@ def test_methods_over_the_wire(start_server: StartServer) -> None:
     # with its own plain-text 400, which repeats nothing of the request and has no stack trace.
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"BREW /api/items/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
+        reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 400 "), reply
     assert b"BREW" not in reply
     assert b"Traceback" not in reply
@@ -105,9 +111,7 @@ def test_an_oversized_request_head_gets_431(start_server: StartServer, workers: 
     assert fits.status_code == 200
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /api/items/1 HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 20_000)
-        reply = b""
-        while chunk := sock.recv(65536):  # the server closes the connection after its answer
-            reply += chunk
+        reply = read_until_closed(sock)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 "), reply[:200]
     error = assert_error(json.loads(body), 431)
@@ -127,11 +131,8 @@ def test_slow_and_silent_connections_are_closed(start_server: StartServer) -> No
         time.sleep(1.5)
         assert client.get(f"{server.url}/api/items/2").status_code == 200
         started = time.monotonic()
-        reply = b""
-        while chunk := slow.recv(65536):
-            reply += chunk
-        head, _, body = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+        head, _, body = read_until_closed(slow).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
         assert_error(json.loads(body), 408)
         # Nothing sent at all: closed after uvicorn's keep-alive timeout (5 s), without a reply.
         assert silent.recv(1) == b""
