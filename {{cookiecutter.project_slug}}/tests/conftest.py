@@ -1,6 +1,5 @@
 """Fixtures: an in-process client, and the real server in a subprocess."""
 
-import contextlib
 import os
 import signal
 import socket
@@ -146,7 +145,8 @@ def start_server() -> Iterator[StartServer]:
 
     yield start
     for server in servers:
-        # The whole group: with APP_WORKERS > 1, gunicorn's workers outlive a killed master.
-        with contextlib.suppress(ProcessLookupError):
+        # Only while the master runs: once reaped, its pid (the group's id) may be another's.
+        if server.process.poll() is None:
+            # The whole group: with APP_WORKERS > 1, gunicorn's workers outlive a killed master.
             os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(10)
+            server.process.wait(10)
