@@ -66,6 +66,7 @@ GRAFANA_VARIABLES = {
     "__interval": "15s",
     "__range": "5m",
     "__auto": "1m",
+    "job": "app",
     "service": SERVICE,
     "instance": ".*",  # the dashboard's "All" value
 }
@@ -414,6 +415,18 @@ def _dashboard_expressions(project: Path) -> list[tuple[str, str, str]]:
     return found
 
 
+def _variable_queries(project: Path) -> list[tuple[str, str, str, str]]:
+    """(dashboard, variable, selector, label) of every Prometheus `label_values` variable of the dashboards."""
+    found = []
+    for path in sorted((project / "observability" / "grafana" / "dashboards").glob("*.json")):
+        for variable in json.loads(path.read_text())["templating"]["list"]:
+            if variable["type"] == "query" and variable["datasource"]["type"] == "prometheus":
+                match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
+                assert match, variable
+                found.append((path.name, variable["name"], match[1], match[2]))
+    return found
+
+
 def _concrete(expr: str, variables: dict[str, str]) -> str:
     """Grafana variables ($x, ${x}, ${x:format}, [[x]]) replaced by concrete values (unknown ones: `.*`)."""
 
@@ -476,9 +489,13 @@ def test_dashboard_and_rule_expressions_evaluate(
     empty = [query for query in queries if not stack.query(query)]
     assert not empty, "runbook queries without data after the traffic:\n" + "\n".join(empty)
 
-    # The dashboards' variable query (label_values(...) is Grafana's, through the labels API).
-    services = stack.prometheus("/api/v1/label/service/values", **{"match[]": 'up{job="app"}'})
-    assert SERVICE in services, services
+    # The dashboards' variable queries: label_values(selector, label) is Grafana's, through the
+    # labels API. Over what exists here, each offers the value the panels were evaluated with.
+    for dashboard, name, selector, label in _variable_queries(stack.project):
+        offered = stack.prometheus(f"/api/v1/label/{label}/values", **{"match[]": _concrete(selector, variables)})
+        if _metric_names(selector) <= data_here:
+            expected = variables.get(name, ".*")
+            assert offered if expected == ".*" else expected in offered, f"{dashboard} / ${name}: {offered}"
 
     alerts = {rule["alert"]: rule["expr"] for rule in rules if "alert" in rule}
     expected_data = {"HighErrorRatio": True, "ServiceDown": False, "ScrapeFailing": False, "HighLatencyP95": False}

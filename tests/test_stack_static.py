@@ -626,19 +626,31 @@ def test_grafana_dashboards_follow_their_data_sources(baked: Any, combo: str) ->
     if _on(answers, "use_cadvisor"):
         expected.add("container-resources.json")
     assert set(dashboards) == expected
-    uids = {source["uid"] for source in _datasources(project)}
     provider = _yaml(project / "observability/grafana/provisioning/dashboards/dashboards.yaml")
     assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
-
+    types = {source["uid"]: source["type"] for source in _datasources(project)}
     seen_uids = set()
     for name, dashboard in dashboards.items():
         assert dashboard["uid"] and dashboard["uid"] not in seen_uids
         seen_uids.add(dashboard["uid"])
-        for key, value in _walk(dashboard):
-            if key == "datasource" and isinstance(value, dict):
-                assert value["uid"] in uids, f"{name}: data source {value['uid']} is not provisioned"
+        # Panels name their data source through a variable, never by uid, so that the
+        # dashboard imports into a Grafana whose data sources have other uids; here the
+        # variable starts on the provisioned one.
+        (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+        assert variable["name"] == "datasource", name
+        assert types.get(variable["current"]["value"]) == variable["query"], f"{name}: {variable}"
+        references = [value for key, value in _walk(dashboard) if key == "datasource" and isinstance(value, dict)]
+        assert references, name
+        for reference in references:
+            assert reference == {"type": variable["query"], "uid": "${datasource}"}, f"{name}: {reference}"
         for link in dashboard.get("links", []):
             assert link["type"] == "dashboards" and link["tags"], f"{name}: links must go through tags"
+    if "service-overview.json" in dashboards:
+        # Its job variable starts on the job that scrapes the app in the stack's Prometheus.
+        scrapes = _yaml(project / "observability/prometheus/prometheus.yml")["scrape_configs"]
+        (app_job,) = [job["job_name"] for job in scrapes if job.get("dns_sd_configs", [{}])[0].get("names") == ["app"]]
+        (job,) = [v for v in dashboards["service-overview.json"]["templating"]["list"] if v["name"] == "job"]
+        assert job["current"]["value"] == app_job
 
 
 @pytest.mark.fast
@@ -683,7 +695,7 @@ def test_dashboards_keep_grafana_syntax_and_use_only_exported_metrics(baked: Any
     assert "{{level}}" in json.dumps(logs)
     # One box finds a request by either id: a bake without tracing has request_id only.
     variables = {v["name"] for v in logs["templating"]["list"]}
-    assert variables == {"service_name", "search", "request"}
+    assert variables == {"datasource", "service_name", "search", "request"}
     (search,) = [p["targets"][0]["expr"] for p in logs["panels"] if p["title"] == "Logs"]
     if tracing:
         assert 'trace_id=~"${request}.*" or request_id=~"${request}.*"' in search
