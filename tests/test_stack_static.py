@@ -245,7 +245,8 @@ def test_compose_file_matches_the_compose_specification(baked: Any, combo: str, 
 @pytest.mark.fast
 @pytest.mark.parametrize("combo", list(COMBOS))
 def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> None:
-    config = compose_config(baked(combo))
+    project = baked(combo)
+    config = compose_config(project)
     for name, service in config["services"].items():
         image = service["image"]
         if name != "app":
@@ -276,8 +277,12 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     if _on(answers, "use_json_logging"):
         assert app["environment"]["APP_LOG_FORMAT"] == "json"
     assert "python" in app["healthcheck"]["test"] and "/health" in " ".join(app["healthcheck"]["test"])
+    # The whole graceful shutdown fits in the grace period: requests in flight, then the span flush.
     grace = app["stop_grace_period"]
-    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 10
+    settings = (project / "src" / "my_service" / "settings.py").read_text()
+    graceful = float(re.search(r"graceful_timeout_seconds: float = Field\(default=([\d.]+)", settings)[1])
+    flush = 5 if _on(answers, "use_tracing") else 0  # OTEL_BSP_EXPORT_TIMEOUT
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= graceful + flush + 5, (grace, graceful)
     # The limit the memory alerts compare against (512 MiB, app:memory_limit_bytes).
     assert int(app["mem_limit"]) == 512 * 1024 * 1024
     if _on(answers, "use_jaeger"):

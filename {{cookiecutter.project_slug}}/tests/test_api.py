@@ -190,8 +190,9 @@ def test_request_id_is_kept_when_safe(client: TestClient) -> None:
 
 
 def test_every_response_carries_a_request_id(client: TestClient) -> None:
-    # Probes{% if cookiecutter.use_metrics %} and scrapes{% endif %} included, though no signal records them.
-    paths = ["/health", "/health/ready"{% if cookiecutter.use_metrics %}, "/metrics"{% endif %}, "/api/items/1", "/no/such/path"]
+    # Probes{% if cookiecutter.use_metrics %} and scrapes{% endif %} included, though no signal records them, and an
+    # unhandled error's 500, which is sent from outside the request middleware.
+    paths = ["/health", "/health/ready"{% if cookiecutter.use_metrics %}, "/metrics"{% endif %}, "/api/items/1", "/no/such/path", "/api/fail"]
     for path in paths:
         response = client.get(path, headers={"X-Request-ID": f"probe-{len(path)}"})
         assert response.headers["x-request-id"] == f"probe-{len(path)}", path

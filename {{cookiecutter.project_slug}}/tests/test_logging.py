@@ -82,16 +82,22 @@ def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> No
 
 def test_errors_carry_the_exception(start_server: StartServer) -> None:
     server = start_server(JSON_ENV)
-    assert httpx.get(f"{server.url}/api/fail").status_code == 500
+    response = httpx.get(f"{server.url}/api/fail")
+    assert response.status_code == 500
     records = wait_for(server.lines, lambda r: "exception_type" in r)
-    error = next(r for r in records if "exception_type" in r)
+    (error,) = [r for r in records if "exception_type" in r]
     assert error["level"] == "ERROR"
     assert error["exception_type"] == "RuntimeError"
     assert "deliberate failure" in error["exception_message"]
     assert "Traceback" in error["exception_stacktrace"]
+    # The line leads back to the request, as the client's error body does.
+    body = response.json()["error"]
+    assert error["request_id"] == body["request_id"] == response.headers["x-request-id"]
+    assert error.get("trace_id") == body.get("trace_id")
     access = next(r for r in records if r.get("logger") == "access")
     assert access["status"] == 500
     assert access["level"] == "ERROR"
+    assert access["request_id"] == error["request_id"]
 
 
 def test_hostile_values_cannot_break_the_format(start_server: StartServer) -> None:

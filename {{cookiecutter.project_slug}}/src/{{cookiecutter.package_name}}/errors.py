@@ -43,8 +43,7 @@ def error_response(
 ) -> JSONResponse:
 {%- if cookiecutter.use_tracing %}
     ids = current_trace_ids()
-    # Unhandled errors reach their handler after the request's span has been detached.
-    trace_id = ids[0] if ids else getattr(request.state, "trace_id", None)
+    trace_id = ids[0] if ids else None
 {%- endif %}
     body: dict[str, Any] = {
         "status": status,
@@ -130,7 +129,12 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
     async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
         # Logged by the server with its stack trace; the client only gets the {% if cookiecutter.use_tracing %}ids{% else %}request id{% endif %}.
         details = traceback.format_exception(exc) if debug else None
-        return error_response(request, 500, "Internal Server Error", details=details)
+        # Sent from outside the request middleware, which adds X-Request-ID to the others.
+        request_id = getattr(request.state, "request_id", None)
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return error_response(
+            request, 500, "Internal Server Error", details=details, headers=headers
+        )
 
     app.exception_handler(HTTPException)(http_error)
     app.exception_handler(RequestValidationError)(validation_error)

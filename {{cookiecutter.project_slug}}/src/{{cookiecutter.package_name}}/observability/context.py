@@ -155,10 +155,11 @@ class ServerSpans(Protocol):
         """Start the request's span and make it current; returns what `end` needs."""
 
     def end(
-        self, started: Any, scope: Scope, status: int, error_type: str | None
+        self, started: Any, status: int, error_type: str | None, *, keep_current: bool = False
     ) -> TraceIds | None:
         """End the span, failed if `error_type` is set (as in `RequestInfo`).
 
+        With `keep_current` the span stays current for the rest of the task.
         Returns (trace_id, span_id, sampled) of the request, if it has a trace.
         """
 {%- endif %}
@@ -244,17 +245,21 @@ class RequestContextMiddleware:
                 headers.append((_REQUEST_ID_HEADER, request_id.encode()))
             await send(message)
 
+        raised = False
         try:
             await self.app(scope, receive, send_with_ids)
         except BaseException as exc:
             error_type = type(exc).__qualname__
+            raised = True
             raise
         finally:
             duration = perf_counter() - start
             if error_type is None and status >= 500:
                 error_type = str(status)  # failed without raising: the status names the error
 {%- if cookiecutter.use_tracing %}
-            ids = spans.end(span, scope, status, error_type) if spans is not None else None
+            ids = None
+            if spans is not None:
+                ids = spans.end(span, status, error_type, keep_current=raised)
 {%- endif %}
             info = RequestInfo(
                 method=method,
@@ -275,7 +280,11 @@ class RequestContextMiddleware:
             )
             for finished in self.on_finish:
                 finished(info)
-            request_id_var.reset(token)
+            # What the app raised goes on to the error handler and the server's exception
+            # log line, both after this returns, in this request's own task: the request's
+            # ids stay set for them.
+            if not raised:
+                request_id_var.reset(token)
 {%- else %}
         try:
             await self.app(scope, receive, _sending_id(send, request_id))

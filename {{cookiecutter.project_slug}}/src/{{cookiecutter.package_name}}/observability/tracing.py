@@ -271,9 +271,10 @@ class ServerSpans:
     def end(
         self,
         started: tuple[Span, Token[Context]] | None,
-        scope: Scope,
         status: int,
         error_type: str | None,
+        *,
+        keep_current: bool = False,
     ) -> TraceIds | None:
         if started is None:
             span_context = trace.get_current_span().get_span_context()
@@ -286,14 +287,15 @@ class ServerSpans:
                     span.set_attribute("error.type", error_type)
                     span.set_status(StatusCode.ERROR)
             span.end()
-            otel_context.detach(token)
+            if not keep_current:
+                otel_context.detach(token)
         if not span_context.is_valid:
             return None
-        trace_id = format(span_context.trace_id, "032x")
-        if error_type is not None:
-            # An unhandled error's handler runs outside the middleware, once the span is detached.
-            scope["state"]["trace_id"] = trace_id
-        return trace_id, format(span_context.span_id, "016x"), span_context.trace_flags.sampled
+        return (
+            format(span_context.trace_id, "032x"),
+            format(span_context.span_id, "016x"),
+            span_context.trace_flags.sampled,
+        )
 
 
 def _request_attributes(
