@@ -10,13 +10,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server, StartServer
+from conftest import Server, StartServer, free_port
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads worker pids from /proc")
 
 
-def total_requests(server: Server) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
+def total_requests(metrics_url: str) -> float:
+    text = httpx.get(metrics_url).text
     return sum(
         s.value
         for family in text_string_to_metric_families(text)
@@ -42,16 +42,24 @@ def send(server: Server, n: int) -> None:
         )
 
 
+def wait_for_workers(server: Server, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(worker_pids(server)) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_requests_over_two_workers_are_counted_exactly(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     multiproc = tmp_path / "metrics"
-    server = start_server({"APP_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)})
-    deadline = time.monotonic() + 10
-    while len(worker_pids(server)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    home = tmp_path / "home"
+    server = start_server(
+        {"APP_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "HOME": str(home)}
+    )
+    wait_for_workers(server, 2)
+    assert not home.exists(), "gunicorn's control socket is off: nothing is written to $HOME"
     send(server, 200)
-    assert total_requests(server) == 200
+    assert total_requests(f"{server.url}/metrics") == 200
     writers = {p.name.rsplit("_", 1)[1] for p in multiproc.glob("histogram_*.db")}
     assert len(writers) >= 2, f"expected samples from 2 workers, got files {sorted(writers)}"
 
@@ -65,5 +73,24 @@ def test_requests_over_two_workers_are_counted_exactly(
         time.sleep(0.1)
     assert victim not in worker_pids(server)
     send(server, 50)
-    assert total_requests(server) == 250
+    assert total_requests(f"{server.url}/metrics") == 250
+    assert server.stop() == 0
+
+
+def test_a_separate_metrics_port_serves_every_worker(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # The parent serves it: each worker binding the port would fail to boot but one.
+    metrics_port = free_port()
+    server = start_server(
+        {
+            "APP_WORKERS": "2",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            "APP_METRICS_PORT": str(metrics_port),
+        }
+    )
+    wait_for_workers(server, 2)
+    send(server, 100)
+    assert httpx.get(f"{server.url}/metrics").status_code == 404
+    assert total_requests(f"http://127.0.0.1:{metrics_port}/metrics") == 100
     assert server.stop() == 0

@@ -152,6 +152,9 @@ class MultiWorkerServer(BaseApplication):
             "worker_class": Worker,
             "graceful_timeout": int(settings.graceful_timeout_seconds),
             "preload_app": False,
+            # gunicorn's runtime control socket (worker count, reload, stop) under $HOME:
+            # a management interface nobody asked for, failing on a read-only filesystem.
+            "control_socket_disable": True,
 {%- if cookiecutter.use_json_logging %}
             "logger_class": RoutedGunicornLogger,
 {%- endif %}
@@ -187,6 +190,23 @@ def _prepare_multiprocess_dir() -> None:
     path = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR)
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)
+
+
+def _serve_merged_metrics(host: str, port: int) -> None:
+    """`APP_METRICS_PORT` with several workers: the parent serves it, for all of them.
+
+    Each worker would try to bind the port, and all but the first would fail to
+    boot. The parent's listener merges the workers' sample files, as /metrics
+    does on the service port; a port already taken stops the start before any
+    worker is forked.
+    """
+    # Imported only now that PROMETHEUS_MULTIPROC_DIR is set.
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(port, host, registry)
 {%- endif %}
 
 
@@ -222,6 +242,8 @@ def main() -> None:
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
     _prepare_multiprocess_dir()
+    if settings.metrics_port is not None:
+        _serve_merged_metrics(settings.host, settings.metrics_port)
 {%- endif %}
     MultiWorkerServer(settings).run()
 

@@ -147,8 +147,10 @@ def render(accept: str) -> tuple[bytes, str]:
 def setup_metrics(app: FastAPI, settings: Settings) -> None:
     BUILD_INFO.labels(settings.version, settings.git_commit, platform.python_version()).set(1)
     if settings.metrics_port is not None:
-        # A separate listener keeps /metrics off the port the public reaches.
-        start_http_server(settings.metrics_port, registry=_scrape_registry())
+        # A separate listener keeps /metrics off the port the public reaches. With several
+        # workers the gunicorn parent serves it, once for all (see __main__.py).
+        if settings.workers == 1:
+            start_http_server(settings.metrics_port, settings.host, _scrape_registry())
         return
 
     def metrics(request: Request) -> Response:
