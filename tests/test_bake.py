@@ -285,6 +285,18 @@ def test_every_setting_is_read_and_every_variable_is_a_setting(baked: tuple[dict
             assert field in fields, f"{path.relative_to(project)} sets {variable}, which no setting reads"
 
 
+# The OpenAPI page's metadata, set in the code, not operated through the environment.
+UNDOCUMENTED_SETTINGS = {"title", "description", "version"}
+
+
+def test_every_setting_has_a_row_in_the_readme(baked: tuple[dict[str, bool], Path]) -> None:
+    _, project = baked
+    rows = set(re.findall(r"^\| `(APP_[A-Z0-9_]+)`", (project / "README.md").read_text(), re.MULTILINE))
+    documented = {row.removeprefix("APP_").lower() for row in rows}
+    missing = settings_fields(project) - UNDOCUMENTED_SETTINGS - documented
+    assert not missing, f"settings without a row in the README's configuration table: {sorted(missing)}"
+
+
 def test_compose_services_follow_the_toggles(baked: tuple[dict[str, bool], Path]) -> None:
     toggles, project = baked
     compose = project / "compose.yaml"

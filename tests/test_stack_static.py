@@ -280,7 +280,9 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     # The whole graceful shutdown fits in the grace period: requests in flight, then the span flush.
     grace = app["stop_grace_period"]
     settings = (project / "src" / "my_service" / "settings.py").read_text()
-    graceful = float(re.search(r"graceful_timeout_seconds: float = Field\(default=([\d.]+)", settings)[1])
+    match = re.search(r"graceful_timeout_seconds: float = Field\(default=([\d.]+)", settings)
+    assert match, "the graceful timeout's default is not where this test looks"
+    graceful = float(match[1])
     flush = 5 if _on(answers, "use_tracing") else 0  # OTEL_BSP_EXPORT_TIMEOUT
     assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= graceful + flush + 5, (grace, graceful)
     # The limit the memory alerts compare against (512 MiB, app:memory_limit_bytes).
@@ -1249,3 +1251,34 @@ def test_alertmanager_routes_every_alert(baked: Any, tmp_path: Path) -> None:
         expected = {"critical": "pagerduty", "warning": "slack"}[labels["severity"]]
         result = _routes_test(example, expected, labels)
         assert result.returncode == 0, f"{labels} -> {result.stdout}{result.stderr}"
+
+
+@pytest.mark.fast
+def test_make_builds_and_starts_with_the_commit(bake_once: Any, tmp_path: Path) -> None:
+    """`make image` and `make up` hand compose the checked-out commit, for the image's label and
+    app_build_info; a stand-in `docker` on PATH reports what it was given."""
+    make = require_executable("make")
+    git = require_executable("git")
+    project = tmp_path / "project"
+    shutil.copytree(bake_once(), project)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run([git, *command], cwd=project, check=True, timeout=60)
+    commit = subprocess.run([git, "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True).stdout
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\necho "docker $* GIT_COMMIT=$GIT_COMMIT"\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for target in ("image", "up"):
+        # -o: the lock and .env count as up to date, so that nothing but the target runs.
+        result = subprocess.run(
+            [make, "--no-print-directory", "-s", "-o", "uv.lock", "-o", ".env", target],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"GIT_COMMIT={commit.strip()}" in result.stdout, result.stdout

@@ -48,8 +48,8 @@ class Settings(BaseSettings):
 {%- endif %}
     debug: bool = False
 
-    # Server.
-    host: str = "0.0.0.0"
+    # Server. Loopback unless told otherwise: the image sets 0.0.0.0.
+    host: str = "127.0.0.1"
     port: int = Field(default={{ cookiecutter.port }}, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     graceful_timeout_seconds: float = Field(default=20.0, gt=0)
