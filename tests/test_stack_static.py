@@ -895,6 +895,57 @@ def test_amtool_accepts_the_config_and_its_commented_examples(baked: Any, combo:
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
 
 
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+def test_make_check_stack_runs_the_pinned_tools_and_fails_on_a_broken_rule(bake_once: Any, tmp_path: Path) -> None:
+    """The project's own check (its CI's `stack` job): promtool and amtool of the images compose
+    pins, as the user running make, with no network; it leaves no container, volume or network."""
+    make = require_executable("make")
+    require_image(PROMETHEUS_IMAGE)
+    require_image(ALERTMANAGER_IMAGE)
+    project = tmp_path / "project"
+    shutil.copytree(bake_once(), project)
+    project.chmod(0o700)  # a private checkout: the tools run as the caller, not as nobody
+
+    def check_stack() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [make, "--no-print-directory", "check-stack"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    def leftovers() -> set[str]:
+        """Containers, volumes and networks of the baked project's compose project."""
+        names: set[str] = set()
+        for kind, field in (("container", "Names"), ("volume", "Name"), ("network", "Name")):
+            listed = subprocess.run(
+                ["docker", kind, "ls", *(["--all"] if kind == "container" else []), "--format", f"{{{{.{field}}}}}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            names |= {name for name in listed.stdout.split() if name.startswith("my-service")}
+        return names
+
+    before = leftovers()
+    result = check_stack()
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "is valid prometheus config file syntax" in result.stdout
+    assert result.stdout.count("SUCCESS") >= 4  # config, rule files, unit tests, alertmanager.yml
+    assert "Checking 'alertmanager.yml'  SUCCESS" in result.stdout
+    assert leftovers() == before
+
+    rules = project / "observability/prometheus/rules/service.yml"
+    rules.write_text(rules.read_text().replace("> 0.05", "> 0.5"))
+    result = check_stack()
+    assert result.returncode != 0, "a loosened threshold passed the rules' unit tests"
+    assert "FAILED" in result.stdout + result.stderr
+
+
 # --------------------------------------------------------------------------- query checks
 
 

@@ -71,6 +71,8 @@ def test_workflow_jobs_follow_the_answers(bake_once: Any, variant: str) -> None:
     assert workflow["env"]["PYTHON_VERSION"] == answers.get("python_version", "3.13")
     jobs = workflow["jobs"]
     expected = {"lint", "test", "audit"} | ({"image"} if answers.get("use_dockerfile", True) else set())
+    if answers.get("use_prometheus", True) or answers.get("use_alertmanager", True):
+        expected.add("stack")
     assert set(jobs) == expected
 
     runs = {job: "\n".join(step.get("run", "") for step in jobs[job]["steps"]) for job in jobs}
@@ -78,6 +80,8 @@ def test_workflow_jobs_follow_the_answers(bake_once: Any, variant: str) -> None:
     assert "make lint" in runs["lint"] and "make typecheck" in runs["lint"]
     assert "make test" in runs["test"]
     assert runs["audit"].strip() == "make audit", "the audit is the Makefile's (tests/test_audit.py runs it)"
+    if "stack" in jobs:
+        assert runs["stack"].strip() == "make check-stack", "tests/test_stack_static.py runs it"
     if "image" in jobs:
         assert "docker build" in runs["image"] and "hadolint Dockerfile" in runs["image"]
         assert 'scripts/smoke-image.sh "$IMAGE"' in runs["image"]

@@ -116,6 +116,19 @@ def test_an_oversized_request_head_gets_431(start_server: StartServer, workers: 
     assert head.startswith(b"HTTP/1.1 431 "), reply[:200]
     error = assert_error(json.loads(body), 431)
     assert f"x-request-id: {error['request_id']}".encode() in head
+{%- if cookiecutter.use_json_logging %}
+    # The warning leads back to the refused request.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        warnings = [json.loads(line) for line in server.lines if "refused" in line]
+        if warnings:
+            break
+        time.sleep(0.05)
+    (warning,) = warnings
+    assert warning["level"] == "WARNING"
+    assert warning["request_id"] == error["request_id"]
+    assert "Client 127.0.0.1." in warning["message"]
+{%- endif %}
 
 
 def test_slow_and_silent_connections_are_closed(start_server: StartServer) -> None:

@@ -100,10 +100,22 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, reason: str) -> None:
         # Imported here, in a worker: the gunicorn parent imports nothing of the app.
         from .errors import refusal_body  # noqa: PLC0415
+{%- if cookiecutter.use_json_logging %}
+        from .observability.context import request_id_var  # noqa: PLC0415
+{%- endif %}
 
-        self.logger.warning(reason)
         self._cancel_head_deadline()
         request_id = os.urandom(16).hex()
+        client = self.client[0] if self.client else "unknown"
+{%- if cookiecutter.use_json_logging %}
+        token = request_id_var.set(request_id)  # the log line carries the id the client gets
+        try:
+            self.logger.warning("%s Client %s.", reason, client)
+        finally:
+            request_id_var.reset(token)
+{%- else %}
+        self.logger.warning("%s Client %s.", reason, client)
+{%- endif %}
         body = refusal_body(status, request_id)
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
