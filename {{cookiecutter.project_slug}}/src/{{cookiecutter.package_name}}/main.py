@@ -61,14 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             instrument_client(client, tracer_provider)
 {%- endif %}
             app.state.http_client = client
-            app.state.shutting_down = False
             # What startup built lives as long as the process. Frozen, it is left out of
             # the collector's full passes, each of which would otherwise walk all of it
             # and stall every request for about 30 ms.
             gc.collect()
             gc.freeze()
             yield
-            app.state.shutting_down = True
 {%- if cookiecutter.use_tracing %}
         shutdown_tracing()
 {%- endif %}

@@ -4,7 +4,7 @@
 """Liveness and readiness probes."""
 {%- endif %}
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -16,9 +16,12 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(request: Request, response: Response) -> dict[str, str]:
-    """The service can take traffic: it has started and is not shutting down."""
-    if getattr(request.app.state, "shutting_down", False):
-        response.status_code = 503
-        return {"status": "shutting down"}
+async def ready() -> dict[str, str]:
+    """The service can take traffic: its startup has finished (the server answers nothing before).
+
+    On SIGTERM the server stops accepting connections at once and lets the
+    requests in flight finish, so this never answers "not ready": a load
+    balancer that learns of the stop late needs the orchestrator's pre-stop
+    delay (Kubernetes: a preStop `sleep`).
+    """
     return {"status": "ready"}
