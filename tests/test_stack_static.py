@@ -763,6 +763,12 @@ def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any, combo: str) -> N
     ids = {"trace_id", "span_id", "request_id"} if _on(_answers(combo), "use_tracing") else {"request_id"}
     assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == ids
     assert 'target_label  = "service_name"' in alloy and "com_docker_compose_service" in alloy
+    # Docker picks the containers (its label filters must all match): loki.source.docker reads
+    # every target it gets, and a keep or drop among its relabel rules only strips labels.
+    docker = re.search(r'^discovery\.docker "project" \{.*?^\}', alloy, re.S | re.M)
+    assert docker, alloy
+    assert re.search(r'values = \[\s*"com\.docker\.compose\.project=" \+ sys\.env\("COMPOSE_PROJECT"\),\s*"logging=alloy",', docker[0])
+    assert not re.search(r'action\s*=\s*"(keep|drop)', alloy), "a keep or drop rule would select nothing"
     # Every component a reference points to is defined.
     defined = {f"{kind}.{label}" for kind, label in re.findall(r"^([a-z_.]+) \"(\w+)\" \{", alloy, re.M)}
     for ref in re.findall(r"\b((?:discovery|loki)\.[a-z_.]+?\.\w+)\.(?:targets|rules|receiver)\b", alloy):
