@@ -767,7 +767,8 @@ def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any, combo: str) -> N
     # every target it gets, and a keep or drop among its relabel rules only strips labels.
     docker = re.search(r'^discovery\.docker "project" \{.*?^\}', alloy, re.S | re.M)
     assert docker, alloy
-    assert re.search(r'values = \[\s*"com\.docker\.compose\.project=" \+ sys\.env\("COMPOSE_PROJECT"\),\s*"logging=alloy",', docker[0])
+    selected = r'values = \[\s*"com\.docker\.compose\.project=" \+ sys\.env\("COMPOSE_PROJECT"\),\s*"logging=alloy",'
+    assert re.search(selected, docker[0]), docker[0]
     assert not re.search(r'action\s*=\s*"(keep|drop)', alloy), "a keep or drop rule would select nothing"
     # Every component a reference points to is defined.
     defined = {f"{kind}.{label}" for kind, label in re.findall(r"^([a-z_.]+) \"(\w+)\" \{", alloy, re.M)}
