@@ -5,6 +5,8 @@
    path that does not exist is an error: the manifest must not drift.
 2. Write ``.env`` from ``.env.example``, replacing each ``change-me``
    placeholder with a fresh random secret. No network is needed.
+3. Complete ``.cruft.json`` (the answers) with where the template came from
+   and its commit, so that ``cruft update`` knows what changed since.
 
 Answers arrive as JSON data, never as Python source. If this script fails,
 cookiecutter removes the whole project folder.
@@ -13,8 +15,10 @@ cookiecutter removes the whole project folder.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -116,6 +120,40 @@ def write_env(project: Path) -> None:
     env.chmod(0o600)
 
 
+def template_origin(answers: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The template's location as `cruft update` needs it, and its commit if it is a git checkout.
+
+    A remote template is cloned to an absolute folder. A local one is named as
+    typed, relative to the folder cookiecutter was started in, which a hook
+    (run inside the new project) knows only from the shell's PWD; a location
+    that cannot be found is kept as typed, without a commit.
+    """
+    template, repo_dir = str(answers["_template"]), str(answers["_repo_dir"])
+    repo = Path(repo_dir).expanduser()
+    if not repo.is_absolute():
+        repo = Path(os.environ.get("PWD", "")) / repo
+    if not (repo / "cookiecutter.json").is_file():
+        return template, None
+    if repo_dir == template:  # a local folder, not a clone of a URL
+        template = str(repo.resolve())
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a git checkout
+        commit = None
+    return template, commit or None
+
+
+def record_template_origin(project: Path, answers: Mapping[str, Any]) -> None:
+    if "_repo_dir" not in answers:  # rendered by cruft, which records the origin itself
+        return
+    state_file = project / ".cruft.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    state["template"], state["commit"] = template_origin(answers)
+    state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
 def main(raw: str, project: Path) -> int:
     answers = json.loads(raw)
     try:
@@ -128,7 +166,8 @@ def main(raw: str, project: Path) -> int:
         (project / MANIFEST).unlink()
         prune_empty_dirs(project)
         write_env(project)
-    except (ManifestError, OSError, yaml.YAMLError) as error:
+        record_template_origin(project, answers)
+    except (ManifestError, OSError, ValueError, yaml.YAMLError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
     return 0

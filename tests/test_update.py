@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,10 +22,14 @@ def commit_all(repo: Path, message: str) -> None:
     run([*GIT, "commit", "-q", "-m", message], repo)
 
 
-def test_cruft_update_brings_template_changes_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("generator", ["cookiecutter", "cruft"])
+def test_cruft_update_brings_template_changes_in(tmp_path: Path, generator: str) -> None:
+    """Made with plain cookiecutter (as the README says, from a relative path) or with
+    `cruft create`, a project takes the template's next commit with `cruft update`."""
     require_executable("git")
     cruft = shutil.which("cruft")
-    assert cruft is not None, "cruft is a dev dependency of the template"
+    cookiecutter = shutil.which("cookiecutter")
+    assert cruft is not None and cookiecutter is not None, "both are dev dependencies of the template"
     template = tmp_path / "template"
     shutil.copytree(
         TEMPLATE_DIR,
@@ -32,8 +38,23 @@ def test_cruft_update_brings_template_changes_in(tmp_path: Path) -> None:
     )
     run(["git", "init", "-q", "-b", "main"], template)
     commit_all(template, "template v1")
+    first_commit = run(["git", "rev-parse", "HEAD"], template).strip()
 
-    run([cruft, "create", "--no-input", f"file://{template}"], tmp_path)
+    if generator == "cookiecutter":
+        # As from a shell in tmp_path: the hook finds a relative template through PWD.
+        subprocess.run(
+            [cookiecutter, "--no-input", "template"],
+            cwd=tmp_path,
+            env={**os.environ, "PWD": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        state = json.loads((tmp_path / "my-service" / ".cruft.json").read_text())
+        assert (state["template"], state["commit"]) == (str(template), first_commit)
+    else:
+        run([cruft, "create", "--no-input", f"file://{template}"], tmp_path)
     project = tmp_path / "my-service"
     run(["git", "init", "-q", "-b", "main"], project)
     commit_all(project, "generated")
@@ -49,3 +70,22 @@ def test_cruft_update_brings_template_changes_in(tmp_path: Path) -> None:
     assert not list(project.rglob("*.rej")), "the update applied cleanly"
     status = subprocess.run(["git", "status", "--short"], cwd=project, capture_output=True, text=True, check=True)
     assert {line[3:] for line in status.stdout.splitlines()} == {".cruft.json", "README.md"}
+
+
+def test_an_unknown_template_location_is_kept_as_typed(tmp_path: Path) -> None:
+    """Without a PWD to resolve a relative path by, .cruft.json keeps it and records no commit."""
+    cookiecutter = shutil.which("cookiecutter")
+    assert cookiecutter is not None
+    env = {key: value for key, value in os.environ.items() if key != "PWD"}
+    subprocess.run(
+        [cookiecutter, "--no-input", "-o", str(tmp_path), os.path.relpath(TEMPLATE_DIR, tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    state = json.loads((tmp_path / "my-service" / ".cruft.json").read_text())
+    assert state["template"] == os.path.relpath(TEMPLATE_DIR, tmp_path)
+    assert state["commit"] is None
