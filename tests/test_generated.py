@@ -20,11 +20,12 @@ from helpers import find_python, run, uv_env
 
 pytestmark = pytest.mark.generated
 
-FULL = [
+FULL: list[tuple[dict[str, Any], str]] = [
     (ALL_ON, "3.13"),
     (ALL_OFF, "3.13"),
     (without("use_tracing"), "3.12"),
-    ({**ALL_OFF, "use_json_logging": True, "use_tracing": True}, "3.13"),
+    # An import package named apart from the project (my-service).
+    ({**ALL_OFF, "use_json_logging": True, "use_tracing": True, "package_name": "orders_core"}, "3.13"),
 ]
 
 
@@ -35,7 +36,11 @@ def uv() -> str:
     return path
 
 
-@pytest.mark.parametrize(("toggles", "python_version"), FULL, ids=[f"{combo_id(t)}-py{v}" for t, v in FULL])
+@pytest.mark.parametrize(
+    ("toggles", "python_version"),
+    FULL,
+    ids=[f"{combo_id(t)}-py{v}" + (f"-{t['package_name']}" if "package_name" in t else "") for t, v in FULL],
+)
 def test_generated_project_passes_its_own_checks(bake: Any, toggles: dict[str, bool], python_version: str) -> None:
     python = find_python(python_version)
     project: Path = bake(**toggles, python_version=python_version)
