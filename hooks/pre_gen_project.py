@@ -41,22 +41,52 @@ TOGGLES = (
     "use_github_actions",
 )
 STACK_SERVICES = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki", "use_cadvisor")
-# Names a generated package must not shadow, beyond the standard library.
-RESERVED_PACKAGES = frozenset(
+# A project named like one of its dependencies cannot be installed (it would depend on
+# itself), and a package named like a module it imports shadows that module. The
+# project's dependencies, runtime, dev and build, with "-" as "_" (a test reads them
+# from the baked pyproject.toml):
+DEPENDENCIES = frozenset(
     {
         "fastapi",
-        "starlette",
-        "pydantic",
-        "uvicorn",
-        "loguru",
+        "gunicorn",
+        "httptools",
         "httpx",
+        "pydantic_settings",
+        "uvicorn",
+        "uvloop",
+        "uvicorn_worker",
+        "loguru",
+        "orjson",
         "prometheus_client",
-        "opentelemetry",
-        "tests",
-        "test",
-        "src",
+        "opentelemetry_exporter_otlp_proto_http",
+        "opentelemetry_instrumentation_httpx",
+        "opentelemetry_sdk",
+        "opentelemetry_util_http",
+        "mypy",
+        "pre_commit",
+        "httpx2",
+        "pytest",
+        "ruff",
+        "opentelemetry_proto",
+        "uv_build",
     }
 )
+# Modules they bring that the service or its tests import, beyond the standard library.
+IMPORTED = frozenset(
+    {"starlette", "pydantic", "pydantic_core", "anyio", "h11", "httpcore", "opentelemetry", "google", "yaml"}
+)
+RESERVED_PACKAGES = DEPENDENCIES | IMPORTED | {"tests", "test", "src"}
+# Host ports the compose stack publishes, by the toggle of their service (cAdvisor
+# publishes none); the app's own range must not overlap them (a test reads compose.yaml).
+STACK_PORTS: dict[str, tuple[int, ...]] = {
+    "use_prometheus": (9090,),
+    "use_alertmanager": (9093,),
+    "use_grafana": (3000,),
+    "use_jaeger": (16686, 4317, 4318),
+    "use_loki": (3100, 12345),
+}
+# The app publishes a range of host ports from its own, one per replica of `--scale app=N`.
+APP_REPLICA_PORTS = 10
 
 # (toggle, toggles it needs, why) - an enabled toggle whose needs are not all
 # enabled is refused with the reason.
@@ -139,8 +169,25 @@ def _check_name(value: str) -> None:
 
 def _check_port(value: Any) -> None:
     text = str(value)
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1024 <= int(text) <= 65535:
+    # No leading zero: the port is written into Python source, where 08000 is a syntax error.
+    if not re.fullmatch(r"[1-9][0-9]{3,4}", text) or not 1024 <= int(text) <= 65535:
         raise _fail("port", value, "must be a whole number from 1024 to 65535")
+
+
+def _check_port_against_stack(answers: Mapping[str, Any]) -> None:
+    if not answers["use_dockerfile"]:
+        return  # no compose stack
+    first = int(answers["port"])
+    last = min(first + APP_REPLICA_PORTS - 1, 65535)
+    for toggle, ports in STACK_PORTS.items():
+        taken = [port for port in ports if answers[toggle] and first <= port <= last]
+        if taken:
+            raise _fail(
+                "port",
+                answers["port"],
+                f"the app's host ports {first}-{last} (one per replica) would take port {taken[0]} "
+                f"of the stack's {toggle.removeprefix('use_')}: pick another port or turn {toggle} off",
+            )
 
 
 def _check_pattern(field: str, value: str, pattern: re.Pattern[str], rule: str) -> None:
@@ -190,6 +237,7 @@ CHECKS: tuple[Callable[[Mapping[str, Any]], None], ...] = (
     lambda a: _check_choice("license", a["license"], LICENSES),
     lambda a: _check_port(a["port"]),
     _check_toggles,
+    _check_port_against_stack,
 )
 
 

@@ -17,6 +17,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -141,6 +142,9 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     # empty (an empty project_slug never reaches the hook: see REFUSED_BEFORE_THE_HOOK)
     ("name-empty-slug-given", {"project_name": "", "project_slug": "svc"}, "project_name", "must not be empty"),
     ("name-blank-slug-given", {"project_name": "   ", "project_slug": "svc"}, "project_name", "must not be empty"),
+    # (the slug derived from an empty name is a placeholder, so that the hook names the name)
+    ("name-empty", {"project_name": ""}, "project_name", "must not be empty"),
+    ("name-blank", {"project_name": "   "}, "project_name", "must not be empty"),
     ("package-empty", {"package_name": ""}, "package_name", "must not be empty"),
     ("description-empty", {"description": ""}, "description", "must not be empty"),
     ("author-empty", {"author_name": " \t"}, "author_name", "must not be empty"),
@@ -205,6 +209,15 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("port-negative", {"port": "-1"}, "port", PORT),
     ("port-empty", {"port": ""}, "port", PORT),
     ("port-float", {"port": "8000.0"}, "port", PORT),
+    ("port-leading-zero", {"port": "08000"}, "port", PORT),
+    ("port-on-prometheus", {"port": "9090"}, "port", "would take port 9090 of the stack's prometheus"),
+    (
+        "port-range-over-grafana",
+        {"port": "2995"},
+        "port",
+        "host ports 2995-3004 (one per replica) would take port 3000",
+    ),
+    ("port-range-over-otlp", {"port": "4310"}, "port", "would take port 4317 of the stack's jaeger"),
     # email
     ("email-no-at", {"author_email": "jane.example.com"}, "author_email", EMAIL),
     ("email-space", {"author_email": "jane doe@example.com"}, "author_email", EMAIL),
@@ -335,14 +348,44 @@ def test_no_rendered_hook_is_left_in_the_temp_folder(tmp_path: Path, answers: li
 
 # Answers cookiecutter itself refuses before the hook runs: choices are checked against cookiecutter.json, and an
 # empty slug renders the project folder as the output folder itself, which exists. (validate() covers the same rules.)
+def test_the_hook_knows_every_dependency_and_stack_port(bake_once: Any) -> None:
+    """The names and ports the hook refuses follow the baked project: a dependency added to
+    pyproject.toml, or a port published in compose.yaml, must be added to the hook too."""
+    project = bake_once()
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    requirements = [
+        *pyproject["project"]["dependencies"],
+        *pyproject["dependency-groups"]["dev"],
+        *pyproject["build-system"]["requires"],
+    ]
+    names = {
+        re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("-", "_") for requirement in requirements
+    }
+    assert names <= pre.DEPENDENCIES, (
+        f"dependencies the hook does not refuse as names: {sorted(names - pre.DEPENDENCIES)}"
+    )
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    published = {
+        name: sorted(int(str(port).rsplit(":", 2)[-2]) for port in service.get("ports", []))
+        for name, service in compose["services"].items()
+        if name != "app"
+    }
+    owners = {"prometheus": "use_prometheus", "alertmanager": "use_alertmanager", "grafana": "use_grafana"}
+    owners |= {"jaeger": "use_jaeger", "loki": "use_loki", "alloy": "use_loki", "cadvisor": "use_cadvisor"}
+    expected: dict[str, list[int]] = {}
+    for name, ports in published.items():
+        expected.setdefault(owners[name], []).extend(ports)
+    assert {toggle: sorted(ports) for toggle, ports in expected.items() if ports} == {
+        toggle: sorted(ports) for toggle, ports in pre.STACK_PORTS.items()
+    }
+
+
 REFUSED_BEFORE_THE_HOOK: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("python-3.11", {"python_version": "3.11"}, ValueError, "choice variable python_version"),
     ("python-empty", {"python_version": ""}, ValueError, "choice variable python_version"),
     ("license-gpl", {"license": "GPL-3.0"}, ValueError, "choice variable license"),
     ("license-lowercase-mit", {"license": "mit"}, ValueError, "choice variable license"),
     ("toggle-maybe", {"use_grafana": "maybe"}, ValueError, "could not be converted to a boolean"),
-    ("name-empty", {"project_name": ""}, UndefinedVariableInTemplate, "invalid answer for 'project_slug'"),
-    ("name-blank", {"project_name": "   "}, UndefinedVariableInTemplate, "invalid answer for 'project_slug'"),
     ("slug-empty", {"project_slug": ""}, UndefinedVariableInTemplate, "invalid answer for 'project_slug'"),
 ]
 
