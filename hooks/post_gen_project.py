@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -89,33 +88,22 @@ def prune_empty_dirs(project: Path) -> None:
             directory.rmdir()
 
 
-def unowned_files(project: Path, manifest: Mapping[str, Any]) -> list[str]:
-    """Files that no core pattern and no feature path claims."""
-    owned = [p for rule in manifest["features"].values() for p in rule["paths"]]
-    core = manifest.get("core", [])
-    orphans = []
-    for file in project.rglob("*"):
-        if not file.is_file():
-            continue
-        rel = file.relative_to(project).as_posix()
-        if rel == MANIFEST:
-            continue
-        if any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in owned):
-            continue
-        if not any(fnmatch(rel, pattern) for pattern in core):
-            orphans.append(rel)
-    return sorted(orphans)
-
-
 def write_env(project: Path) -> None:
-    """Create the git-ignored .env from .env.example with real secrets."""
+    """Create the git-ignored .env from .env.example with real secrets.
+
+    A project generated again over itself (`cookiecutter -f`) keeps its .env:
+    its secrets are already in use (Grafana's stored admin password, ...).
+    """
+    env = project / ".env"
+    if env.exists():
+        env.chmod(0o600)
+        return
     lines = []
     for line in (project / ".env.example").read_text(encoding="utf-8").splitlines():
         key, sep, value = line.partition("=")
         if sep and not line.lstrip().startswith("#") and value == PLACEHOLDER:
             line = f"{key}={secrets.token_urlsafe(24)}"
         lines.append(line)
-    env = project / ".env"
     env.write_text("\n".join(lines) + "\n", encoding="utf-8")
     env.chmod(0o600)
 
@@ -159,9 +147,6 @@ def main(raw: str, project: Path) -> int:
     try:
         manifest = load_manifest(project)
         check_paths_exist(project, manifest)
-        orphans = unowned_files(project, manifest)
-        if orphans:
-            raise ManifestError(f"files owned by no feature and no core pattern: {', '.join(orphans)}")
         remove_paths(project, disabled_paths(manifest, answers))
         (project / MANIFEST).unlink()
         prune_empty_dirs(project)

@@ -14,7 +14,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +209,21 @@ APP_METRICS = frozenset(
         "python_info",
     }
 )
+
+
+def unowned_files(project: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Files that no core pattern and no feature path claims."""
+    owned = [p for rule in manifest["features"].values() for p in rule["paths"]]
+    core = manifest.get("core", [])
+    orphans = []
+    for file in project.rglob("*"):
+        if not file.is_file():
+            continue
+        rel = file.relative_to(project).as_posix()
+        if rel == "template-manifest.yaml":
+            continue
+        if any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in owned):
+            continue
+        if not any(fnmatch(rel, pattern) for pattern in core):
+            orphans.append(rel)
+    return sorted(orphans)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from combinations import ALL_ON, combo_id, hook, matrix
-from helpers import TEMPLATE_DIR
+from helpers import TEMPLATE_DIR, unowned_files
 
 pytestmark = pytest.mark.fast
 
@@ -137,7 +137,7 @@ def test_files_match_the_manifest(baked: tuple[dict[str, bool], Path]) -> None:
         enabled = post.feature_enabled(rule, toggles)
         for path in rule["paths"]:
             assert (project / path).exists() == enabled, f"{name}: {path} present={not enabled}"
-    assert post.unowned_files(project, manifest) == []
+    assert unowned_files(project, manifest) == []
 
 
 def test_ruff_passes(baked: tuple[dict[str, bool], Path]) -> None:

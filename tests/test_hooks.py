@@ -34,12 +34,13 @@ import yaml
 from cookiecutter.exceptions import FailedHookException, UndefinedVariableInTemplate
 from cookiecutter.generate import generate_context
 from cookiecutter.hooks import run_hook_from_repo_dir
+from cookiecutter.main import cookiecutter
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
 from jinja2.exceptions import UndefinedError
 
 from combinations import ALL_OFF, TOGGLES
-from helpers import TEMPLATE_DIR
+from helpers import TEMPLATE_DIR, unowned_files
 
 pytestmark = pytest.mark.fast
 
@@ -763,7 +764,7 @@ def test_unowned_files(tmp_path: Path) -> None:
         "core": ["README.md", "src/pkg/*"],
         "features": {"f": {"paths": ["feature/"]}, "g": {"paths": ["single.txt"]}},
     }
-    assert post.unowned_files(tmp_path, manifest) == ["feature-not-really/y.yaml", "stray.txt"]
+    assert unowned_files(tmp_path, manifest) == ["feature-not-really/y.yaml", "stray.txt"]
 
 
 ENV_EXAMPLE = """\
@@ -801,16 +802,17 @@ def test_write_env(tmp_path: Path) -> None:
     assert set(secrets) == {"FIRST_SECRET", "SECOND_SECRET", "THIRD_SECRET"}
     assert len(set(secrets.values())) == 3, "every placeholder gets its own secret"
 
-    post.write_env(tmp_path)  # and every run draws new ones
+    post.write_env(tmp_path)  # generated again over itself: the secrets in use stay
     rerun = dict(line.split("=", 1) for line in env.read_text(encoding="utf-8").splitlines() if "_SECRET=" in line)
-    assert not set(rerun.values()) & set(secrets.values())
+    assert rerun == secrets
 
 
-def test_write_env_tightens_an_existing_file(tmp_path: Path) -> None:
+def test_write_env_keeps_an_existing_file_and_tightens_it(tmp_path: Path) -> None:
     (tmp_path / ".env.example").write_text("A=change-me\n", encoding="utf-8")
-    (tmp_path / ".env").write_text("old", encoding="utf-8")
+    (tmp_path / ".env").write_text("A=in-use\n", encoding="utf-8")
     (tmp_path / ".env").chmod(0o644)
     post.write_env(tmp_path)
+    assert (tmp_path / ".env").read_text(encoding="utf-8") == "A=in-use\n"
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
 
 
@@ -857,7 +859,6 @@ def test_post_main_prunes_the_fake_project(tmp_path: Path, capsys: pytest.Captur
 
 BROKEN_MANIFESTS: list[tuple[str, str, dict[str, str], str]] = [
     ("missing-path", FAKE_MANIFEST + "  ghost:\n    when: [use_docs]\n    paths: [ghost.txt]\n", {}, "ghost.txt"),
-    ("orphan-file", FAKE_MANIFEST, {"stray.txt": "?"}, "files owned by no feature and no core pattern: stray.txt"),
     ("unknown-toggle", FAKE_MANIFEST.replace("[use_extra]", "[use_typo]"), {}, "unknown toggle 'use_typo'"),
     ("no-features", "core: [README.md]\n", {}, "expected a mapping with a 'features' mapping"),
     ("not-yaml", "features: [unclosed\n", {}, "ERROR: "),
@@ -889,6 +890,28 @@ def test_post_main_refuses_a_broken_manifest(
     assert message in line
     # Checked before anything is touched: no half-pruned project, no .env.
     assert snapshot(project) == before
+
+
+def test_generating_again_over_a_project_keeps_its_files_and_secrets(tmp_path: Path) -> None:
+    """`cookiecutter -f` over an existing project: files the template does not have (the lock,
+    new code) stay, .env keeps the secrets in use, and the new answers apply."""
+    cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(tmp_path))
+    project = tmp_path / "my-service"
+    write_tree(project, {"uv.lock": "version = 1\n", "src/my_service/orders.py": "ORDERS = []\n"})
+    secrets_before = (project / ".env").read_text()
+    assert not (project / "observability/prometheus/rules/containers.yml").exists()
+
+    cookiecutter(
+        str(TEMPLATE_DIR),
+        no_input=True,
+        output_dir=str(tmp_path),
+        overwrite_if_exists=True,
+        extra_context={"use_cadvisor": True},
+    )
+    assert (project / "uv.lock").read_text() == "version = 1\n"
+    assert (project / "src/my_service/orders.py").exists()
+    assert (project / ".env").read_text() == secrets_before
+    assert (project / "observability/prometheus/rules/containers.yml").exists()
 
 
 def test_post_hook_failure_leaves_no_directory(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
