@@ -349,6 +349,12 @@ def test_no_rendered_hook_is_left_in_the_temp_folder(tmp_path: Path, answers: li
 
 # Answers cookiecutter itself refuses before the hook runs: choices are checked against cookiecutter.json, and an
 # empty slug renders the project folder as the output folder itself, which exists. (validate() covers the same rules.)
+def test_the_hook_checks_every_toggle_of_cookiecutter_json() -> None:
+    """The hook's TOGGLES (which the test matrix is built from) are cookiecutter.json's use_* keys."""
+    answers = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+    assert pre.TOGGLES == tuple(key for key in answers if key.startswith("use_"))
+
+
 def test_the_hook_knows_every_dependency_and_stack_port(bake_once: Any) -> None:
     """The names and ports the hook refuses follow the baked project: a dependency added to
     pyproject.toml, or a port published in compose.yaml, must be added to the hook too."""
