@@ -352,7 +352,7 @@ def test_no_rendered_hook_is_left_in_the_temp_folder(tmp_path: Path, answers: li
 def test_the_hook_checks_every_toggle_of_cookiecutter_json() -> None:
     """The hook's TOGGLES (which the test matrix is built from) are cookiecutter.json's use_* keys."""
     answers = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
-    assert pre.TOGGLES == tuple(key for key in answers if key.startswith("use_"))
+    assert tuple(key for key in answers if key.startswith("use_")) == pre.TOGGLES
 
 
 def test_the_hook_knows_every_dependency_and_stack_port(bake_once: Any) -> None:
