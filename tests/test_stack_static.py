@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, runbook_queries, unavailable
+from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, run, runbook_queries, unavailable
 
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.33.1"
@@ -1320,8 +1320,8 @@ def test_make_builds_and_starts_with_the_commit(bake_once: Any, tmp_path: Path) 
     project = tmp_path / "project"
     shutil.copytree(bake_once(), project)
     for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
-        subprocess.run([git, *command], cwd=project, check=True, timeout=60)
-    commit = subprocess.run([git, "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True).stdout
+        run([git, *command], project)
+    commit = run([git, "rev-parse", "HEAD"], project)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text('#!/bin/sh\necho "docker $* GIT_COMMIT=$GIT_COMMIT"\n')
