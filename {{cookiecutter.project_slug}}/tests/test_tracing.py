@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -176,6 +177,68 @@ def test_downstream_call_carries_traceparent(
     assert client.trace_id == entry.trace_id == callee.trace_id
     assert client.parent_span_id == entry.span_id
     assert callee.parent_span_id == client.span_id, "the callee continued the caller's trace"
+
+
+@contextlib.contextmanager
+def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A downstream service on loopback: answers 200 and records each request's headers."""
+    seen: list[dict[str, str]] = []
+
+    class Record(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({name.lower(): value for name, value in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("propagators", [None, "tracecontext,baggage"])
+def test_callers_baggage_goes_downstream_only_when_asked(
+    start_server: StartServer, receiver: OtlpReceiver, propagators: str | None
+) -> None:
+    # Any client can write baggage (`user.id=admin`); services downstream may believe it.
+    with header_recorder() as (url, seen):
+        extra = {"APP_DOWNSTREAM_URL": url}
+        if propagators:
+            extra["OTEL_PROPAGATORS"] = propagators
+        server = start_server(tracing_env(receiver.endpoint, **extra))
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        incoming = {
+            "traceparent": f"00-{trace_id}-b7ad6b7169203331-01",
+            "tracestate": "vendor=opaque",
+            "baggage": "user.id=admin",
+        }
+        assert httpx.get(f"{server.url}/api/downstream", headers=incoming).status_code == 200
+    (headers,) = seen
+    assert headers["traceparent"].split("-")[1] == trace_id
+    assert headers["tracestate"] == "vendor=opaque"
+    assert headers.get("baggage") == ("user.id=admin" if propagators else None)
+
+
+def test_a_malformed_baggage_header_logs_once(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    # With baggage read, the SDK warns once per malformed member: 200 of them in 1 kB.
+    server = start_server(tracing_env(receiver.endpoint, OTEL_PROPAGATORS="tracecontext,baggage"))
+    hostile = {"baggage": ",".join(f"x{i}" for i in range(200))}
+    for _ in range(3):
+        assert httpx.get(f"{server.url}/api/items/1", headers=hostile).status_code == 200
+    wait_for_spans(receiver, lambda s: len(s) >= 3)
+    warnings = [line for line in server.lines if "baggage" in line.lower()]
+    assert 1 <= len(warnings) <= 3, warnings
 
 
 def test_server_error_returns_its_trace_id(

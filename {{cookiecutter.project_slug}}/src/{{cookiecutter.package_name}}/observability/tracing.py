@@ -12,7 +12,11 @@ Everything else follows the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT
 (the SDK appends /v1/traces), OTEL_TRACES_EXPORTER (`none` exports nothing),
 OTEL_TRACES_SAMPLER and _ARG (default: parent-based always-on), OTEL_BSP_* for
 the batch queue, and OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME, which win
-over the settings.
+over the settings. One default differs from the SDK's: without
+OTEL_PROPAGATORS only the W3C trace context (traceparent, tracestate) is read
+from callers and sent on, not baggage: any client can write a baggage header,
+and services downstream may trust what it says (`user.id=admin`). Behind a
+gateway that strips it, set OTEL_PROPAGATORS=tracecontext,baggage.
 
 Spans are exported from a background thread through a bounded queue
 (OTEL_BSP_MAX_QUEUE_SIZE, 2048): when the collector is down or slow, requests
@@ -50,6 +54,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.http import PARAMS_TO_REDACT, redact_query_parameters
 from starlette.types import Scope
 
@@ -67,6 +72,8 @@ _REPEATING_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.sdk.trace.export",
     "opentelemetry.attributes",
+    # One warning per malformed member of a caller's baggage header (with baggage read).
+    "opentelemetry.baggage.propagation",
 )
 
 # The GIL hand-over interval while spans are exported; CPython's default is 5 ms.
@@ -200,6 +207,9 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         # The client writes the path, the query and the User-Agent: a megabyte header
         # must not become a megabyte span in the trace backend.
         os.environ.setdefault("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", _DEFAULT_ATTRIBUTE_VALUE_LENGTH)
+        if "OTEL_PROPAGATORS" not in os.environ:
+            # The trace context only: callers' baggage is not trusted (module docstring).
+            propagate.set_global_textmap(TraceContextTextMapPropagator())
         for name in _REPEATING_LOGGERS:
             sdk_logger = logging.getLogger(name)
             if _rate_limit not in sdk_logger.filters:
