@@ -152,6 +152,21 @@ def test_slow_and_silent_connections_are_closed(start_server: StartServer) -> No
         assert time.monotonic() - started < 10
 
 
+def test_a_trickled_body_gets_408(start_server: StartServer) -> None:
+    server = start_server({"APP_BODY_TIMEOUT_SECONDS": "1"})
+    head = b"POST /api/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as slow:
+        slow.sendall(head + b"Content-Length: 100\r\n\r\n{")  # and no more
+        started = time.monotonic()
+        reply, _, body = read_until_closed(slow).partition(b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert_error(json.loads(body), 408)
+    assert time.monotonic() - started < 5
+    # A body that arrives in time is unaffected.
+    response = httpx.post(f"{server.url}/api/items", json={"name": "widget"})
+    assert response.status_code == 201
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/status")
 def test_a_giant_header_is_not_buffered(start_server: StartServer) -> None:
     # httptools alone holds a header of any size: 32 MB raised the peak RSS by 65 MB.

@@ -15,6 +15,7 @@ go to the logs, never to the client, unless debug mode is on.
 {%- endif %}
 """
 
+import asyncio
 import json
 import traceback
 from collections.abc import Mapping
@@ -90,16 +91,20 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_body_bytes` with a 413 in the JSON format.
+    """Refuse request bodies over `max_body_bytes` with a 413, and slower than `timeout` with a 408.
 
     A declared Content-Length over the limit is refused before the app runs;
-    a body of unknown length is cut off as it streams in, and the 413 goes
-    through the app's exception handlers like any other HTTP error.
+    a body of unknown length is cut off as it streams in. A body still
+    incomplete `timeout` seconds after the app first asked for it is refused
+    too: a client trickling it would otherwise hold its connection for ever
+    (the server bounds only the request head). Both go through the app's
+    exception handlers like any other HTTP error.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,10 +118,24 @@ class BodyLimit:
                 await response(scope, receive, send)
                 return
         received = 0
+        deadline: float | None = None
+        complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:  # what follows the body (a disconnect) may take any time
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # The rest of the body may still come: nothing more is read on this connection.
+                raise HTTPException(
+                    status_code=408, detail="Request body too slow", headers={"Connection": "close"}
+                ) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:
                 raise HTTPException(status_code=413, detail="Content Too Large")

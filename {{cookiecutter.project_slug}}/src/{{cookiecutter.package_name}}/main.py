@@ -87,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
     )
     install_error_handlers(app, debug=settings.debug)
-    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_body_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
 {%- if observed %}
     app.add_middleware(
         RequestContextMiddleware,

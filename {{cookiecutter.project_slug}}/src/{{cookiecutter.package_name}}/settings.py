@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     graceful_timeout_seconds: float = Field(default=20.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # How long a request body may take to arrive once the app reads it (trickling clients).
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
     # Request line and headers together; httptools alone would buffer a head of any size.
     max_header_bytes: int = Field(default=65_536, ge=1024)
     # How long a started request head may take to arrive (slow-header clients hold connections).
