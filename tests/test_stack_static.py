@@ -264,6 +264,12 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
             elif volume["target"] != "/var/run/docker.sock":
                 assert volume.get("read_only"), f"{name}: config mount {volume['target']} is writable"
 
+    # The services this machine runs for real (the stack tier) drop every capability and
+    # cannot gain privileges; the others are left as their images expect.
+    for name in {"app", "prometheus", "alertmanager"} & set(config["services"]):
+        service = config["services"][name]
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
     app = config["services"]["app"]
     # Scaling: a host port range, not one fixed port.
     (port,) = app["ports"]
