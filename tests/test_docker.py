@@ -365,6 +365,8 @@ def test_healthcheck_reaches_healthy_and_routes_answer(service: Container) -> No
     status, body = service.get("/api/items/1")
     assert status == 200, body
     assert isinstance(json.loads(body), dict)
+    # The image serves no API docs (their pages load scripts from a CDN): APP_API_DOCS=false.
+    assert [service.get(path)[0] for path in ("/docs", "/redoc", "/openapi.json")] == [404, 404, 404]
 
 
 def test_runs_as_the_non_root_uid(image: Image, service: Container) -> None:

@@ -212,6 +212,14 @@ def test_unhandled_error_is_500_without_stack_trace(client: TestClient) -> None:
     assert "deliberate" not in response.text
 
 
+def test_api_docs_can_be_turned_off(settings: Settings) -> None:
+    paths = ["/docs", "/redoc", "/openapi.json"]
+    with TestClient(create_app(settings)) as client:
+        assert [client.get(path).status_code for path in paths] == [200, 200, 200]
+    with TestClient(create_app(settings.model_copy(update={"api_docs": False}))) as client:
+        assert [client.get(path).status_code for path in paths] == [404, 404, 404]
+
+
 def test_request_id_is_kept_when_safe(client: TestClient) -> None:
     response = client.get("/api/items/1", headers={"X-Request-ID": "abc-123.DEF_4"})
     assert response.headers["x-request-id"] == "abc-123.DEF_4"

@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=settings.description,
         version=settings.version,
         debug=settings.debug,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
         lifespan=lifespan,
 {%- if cookiecutter.use_tracing %}
         telemetry=telemetry_config(settings, tracer_provider),

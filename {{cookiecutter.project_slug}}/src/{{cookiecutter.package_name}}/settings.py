@@ -47,8 +47,11 @@ class Settings(BaseSettings):
     environment: str = "local"
 {%- endif %}
     debug: bool = False
+    # /docs, /redoc and /openapi.json; the pages load their scripts from a CDN.{% if cookiecutter.use_dockerfile %} The image
+    # turns them off, the local compose stack back on.{% endif %}
+    api_docs: bool = True
 
-    # Server. Loopback unless told otherwise: the image sets 0.0.0.0.
+    # Server. Loopback unless told otherwise{% if cookiecutter.use_dockerfile %}: the image sets 0.0.0.0{% endif %}.
     host: str = "127.0.0.1"
     port: int = Field(default={{ cookiecutter.port }}, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
