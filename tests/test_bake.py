@@ -312,7 +312,8 @@ def test_secrets_are_generated_and_ignored(baked: tuple[dict[str, bool], Path]) 
     toggles, project = baked
     env = (project / ".env").read_text()
     example = (project / ".env.example").read_text()
-    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    ignored = (project / ".gitignore").read_text().splitlines()
+    assert {".env", ".env.*", "!.env.example"} <= set(ignored), "secrets and their local variants"
     assert "change-me" not in env
     assert ("GRAFANA_ADMIN_PASSWORD=change-me" in example) == toggles["use_grafana"]
     if toggles["use_grafana"]:

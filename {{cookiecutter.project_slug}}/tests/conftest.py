@@ -1,10 +1,16 @@
 """Fixtures: an in-process client, and the real server in a subprocess."""
 
 import os
+{%- if cookiecutter.use_metrics %}
+import shutil
+{%- endif %}
 import signal
 import socket
 import subprocess
 import sys
+{%- if cookiecutter.use_metrics %}
+import tempfile
+{%- endif %}
 import threading
 import time
 from collections.abc import Iterator
@@ -14,25 +20,33 @@ from typing import Protocol
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic_settings import SettingsConfigDict
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Servers run from here: no .env, so they read only the environment a test gives them.
+TESTS_DIR = Path(__file__).resolve().parent
 {%- if cookiecutter.use_tracing %}
 # In-process apps export no spans; tests that check spans start a server with a receiver.
 os.environ["OTEL_SDK_DISABLED"] = "true"
 {%- endif %}
 
 
+class IsolatedSettings(Settings):
+    """The settings without the developer's .env: a local APP_DEBUG=true changes no test."""
+
+    model_config = SettingsConfigDict(**{**Settings.model_config, "env_file": None})
+
+
 @pytest.fixture
 def settings() -> Settings:
 {%- if cookiecutter.use_json_logging %}
-    return Settings(environment="test", log_format="console")
+    return IsolatedSettings(environment="test", log_format="console")
 {%- elif cookiecutter.use_tracing %}
-    return Settings(environment="test")
+    return IsolatedSettings(environment="test")
 {%- else %}
-    return Settings()
+    return IsolatedSettings()
 {%- endif %}
 
 
@@ -57,6 +71,13 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+{%- if cookiecutter.use_metrics %}
+        # Several workers keep their samples in files: in a folder of this server's own,
+        # not the shared default under /tmp.
+        self.multiproc_dir = tempfile.mkdtemp(prefix="metrics-")
+        if env.get("APP_WORKERS", "1") != "1":
+            env = {"PROMETHEUS_MULTIPROC_DIR": self.multiproc_dir, **env}
+{%- endif %}
         full_env = {
             **os.environ,
             "APP_HOST": "127.0.0.1",
@@ -75,7 +96,7 @@ class Server:
                 "-m",
                 *(arg.format(port=self.port) for arg in module or ["{{ cookiecutter.package_name }}"]),
             ],
-            cwd=PROJECT_DIR,
+            cwd=TESTS_DIR,
             env=full_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -150,3 +171,6 @@ def start_server() -> Iterator[StartServer]:
             # The whole group: with APP_WORKERS > 1, gunicorn's workers outlive a killed master.
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(10)
+{%- if cookiecutter.use_metrics %}
+        shutil.rmtree(server.multiproc_dir, ignore_errors=True)
+{%- endif %}

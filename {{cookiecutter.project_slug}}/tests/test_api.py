@@ -34,11 +34,26 @@ def test_create_item(client: TestClient) -> None:
     assert response.json() == {"id": 1, "name": "widget"}
 
 
-def test_downstream_route_calls_the_service_itself(client: TestClient) -> None:
-    # Inside TestClient nothing listens on the port: the call fails cleanly with a 502.
-    response = client.get("/api/downstream")
-    assert response.status_code == 502
-    assert response.json()["error"]["message"] == "Downstream service unavailable"
+def test_downstream_route_calls_the_port_of_the_apps_settings(settings: Settings) -> None:
+    """The route reads the settings given to create_app, not a second copy from the environment."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                )
+
+        threading.Thread(target=answer, daemon=True).start()
+        with TestClient(create_app(settings.model_copy(update={"port": port}))) as client:
+            response = client.get("/api/downstream")
+    assert response.status_code == 200, response.text
+    assert response.json()["url"] == f"http://127.0.0.1:{port}/api/items/1"
 
 
 def assert_error(body: dict[str, object], status: int) -> dict[str, object]:

@@ -34,7 +34,7 @@ def test_routes_under_real_uvicorn(start_server: StartServer, repeat: int) -> No
             "routing_app:create",
             "--factory",
             "--app-dir",
-            "tests",
+            ".",
             "--port",
             "{port}",
         ]

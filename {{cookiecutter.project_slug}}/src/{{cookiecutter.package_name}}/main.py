@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
 {%- endif %}
     )
+    # Routes that depend on get_settings see these settings, not a second copy from the environment.
+    app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app, debug=settings.debug)
     app.add_middleware(
         BodyLimit, max_body_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
