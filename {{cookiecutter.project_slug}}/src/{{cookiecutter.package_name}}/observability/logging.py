@@ -91,12 +91,9 @@ class BufferedWriter:
 
     def _drain_locked(self) -> None:
         lines = self._lines
-        batch = []
-        while lines:
-            try:
-                batch.append(lines.popleft())
-            except IndexError:  # emptied by a concurrent drain
-                break
+        # What is buffered now, not what arrives while taking it: a batch stays within
+        # max_lines, so a stuck write holds at most that many lines besides the buffer.
+        batch = [lines.popleft() for _ in range(len(lines))]
         with self._drop_lock:
             dropped, self._dropped = self._dropped, 0
         if dropped:
