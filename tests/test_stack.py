@@ -676,6 +676,26 @@ def test_stopping_the_app_fires_service_down(stack: Stack, error_burst: list[dic
     assert code == 1, context
 
 
+def test_prometheus_reloads_on_sighup_and_refuses_http_lifecycle_calls(stack: Stack) -> None:
+    """What the runbook says to run after editing the rules, and why the HTTP way is off."""
+
+    def reloaded_at() -> float | None:
+        samples = stack.query("max(prometheus_config_last_reload_success_timestamp_seconds)")
+        return float(samples[0]["value"][1]) if samples else None
+
+    before = wait_for("Prometheus' own reload timestamp", reloaded_at, timeout=60)
+    time.sleep(1.1)  # the timestamp counts whole seconds
+    stack.compose("kill", "-s", "SIGHUP", "prometheus")
+    wait_for("the reload", lambda: (reloaded_at() or 0) > before or None, timeout=60)
+    assert stack.query("min(prometheus_config_last_reload_successful)")[0]["value"][1] == "1"
+    connection = http.client.HTTPConnection(*stack.address("prometheus", 9090), timeout=10)
+    try:
+        connection.request("POST", "/-/quit")
+        assert connection.getresponse().status == 403, "the lifecycle API must stay off"
+    finally:
+        connection.close()
+
+
 def test_down_leaves_nothing(stack: Stack) -> None:
     assert any(stack.leftovers().values())
     stack.down()
