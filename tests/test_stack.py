@@ -389,6 +389,24 @@ def test_app_target_up_with_route_template_series(stack: Stack, traffic: Traffic
     assert {(ROUTE, "200"), ("__unmatched__", "404"), ("/api/downstream", "200")} <= statuses, statuses
 
 
+def test_the_first_requests_of_a_new_series_count_in_increase(stack: Stack, traffic: Traffic) -> None:
+    """compose.yaml's created-timestamp-zero-ingestion: a series' first scrape already counts in
+    rate() and increase() (the first burst of 5xx after a deploy is what the error ratio must see)."""
+    address = stack.address("app", APP_PORT, 1)
+    for _ in range(5):
+        connection = http.client.HTTPConnection(*address, timeout=10)
+        try:
+            connection.request("DELETE", "/api/items/1")
+            assert connection.getresponse().status == 405
+        finally:
+            connection.close()
+    selector = 'http_server_request_duration_seconds_count{http_request_method="DELETE"}'
+    wait_for("the new series", lambda: stack.query(selector) or None, timeout=30)
+    time.sleep(3)  # more scrapes of the same total
+    (sample,) = stack.query(f"sum(increase({selector}[1m]))")
+    assert float(sample["value"][1]) >= 4, f"the burst is invisible to increase(): {sample}"
+
+
 # ---------------------------------------------------------------- alerts
 
 
