@@ -77,18 +77,10 @@ def test_requests_over_two_workers_are_counted_exactly(
     assert server.stop() == 0
 
 
-def test_a_separate_metrics_port_serves_every_worker(
-    start_server: StartServer, tmp_path: Path
-) -> None:
+def test_a_separate_metrics_port_serves_every_worker(start_server: StartServer) -> None:
     # The parent serves it: each worker binding the port would fail to boot but one.
     metrics_port = free_port()
-    server = start_server(
-        {
-            "APP_WORKERS": "2",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-            "APP_METRICS_PORT": str(metrics_port),
-        }
-    )
+    server = start_server({"APP_WORKERS": "2", "APP_METRICS_PORT": str(metrics_port)})
     wait_for_workers(server, 2)
     send(server, 100)
     assert httpx.get(f"{server.url}/metrics").status_code == 404
