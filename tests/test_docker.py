@@ -183,6 +183,10 @@ def service(image: Image) -> Iterator[Container]:
         _wait_healthy(container)
         for item in (1, 2, 3):
             assert container.get(f"/api/items/{item}")[0] == 200
+        # Log lines leave the service from a background thread, just after the response.
+        deadline = time.monotonic() + 10
+        while "/api/items/3" not in "".join(container.logs()) and time.monotonic() < deadline:
+            time.sleep(0.2)
         yield container
 
 

@@ -71,13 +71,23 @@ PY
 pass "/health and /api/items answer{% if cookiecutter.use_metrics %}, /metrics has the request histogram{% endif %}"
 {%- if cookiecutter.use_json_logging %}
 
-"$DOCKER" logs "$NAME" 2>/dev/null | python3 -c '
-import json, sys
-records = [json.loads(line) for line in sys.stdin if line.strip()]
+python3 - "$DOCKER" "$NAME" <<'PY' || fail "stdout is not JSON log lines"
+import json, subprocess, sys, time
+
+docker, name = sys.argv[1], sys.argv[2]
+# The service writes log lines from a background thread, a few milliseconds
+# after the response; give them a moment to reach the container's log.
+deadline = time.monotonic() + 10
+while True:
+    stdout = subprocess.run([docker, "logs", name], capture_output=True, text=True, check=True).stdout
+    records = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    if any(r.get("logger") == "access" for r in records) or time.monotonic() > deadline:
+        break
+    time.sleep(0.2)
 assert records, "no log lines on stdout"
 assert all({"timestamp", "level", "message"} <= r.keys() for r in records)
 assert any(r.get("logger") == "access" for r in records), "no access log lines"
-' || fail "stdout is not JSON log lines"
+PY
 pass "stdout is JSON log lines"
 {%- endif %}
 
