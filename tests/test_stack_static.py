@@ -45,6 +45,9 @@ COMBOS: dict[str, dict[str, bool]] = {
     "loki-alone": {**NO_STACK, "use_loki": True},
     # Metrics and logs without tracing: the stack keeps no trace ids and asks for no exemplars.
     "no-tracing": {"use_tracing": False, "use_jaeger": False},
+    # Spans with trace ids for the logs, and no backend to send them to.
+    "no-jaeger": {"use_jaeger": False},
+    "jaeger-alone": {**NO_STACK, "use_jaeger": True},
 }
 PROMETHEUS_COMBOS = [
     "everything",
@@ -411,8 +414,9 @@ def test_disabled_backends_leave_nothing_behind(baked: Any, combo: str) -> None:
                 if word == "grafana":
                     hits = [h for h in hits if not text.startswith(("grafana alloy", "grafana/"), h)]
                 if word == "prometheus":
-                    # the Python client library, and the collector's exporter of Jaeger's own metrics
-                    skip = ("prometheus-client", "prometheus_client", "prometheus:\n")
+                    # the Python client library, the collector's exporter of Jaeger's own metrics,
+                    # and the Prometheus-compatible API of Loki's ruler
+                    skip = ("prometheus-client", "prometheus_client", "prometheus:\n", "prometheus/api/v1/")
                     hits = [h for h in hits if not text.startswith(skip, h)]
                 assert not hits, f"{file.relative_to(project)} still mentions {word} although {toggle} is off"
     if not any(_on(answers, t) for t in BACKENDS):
@@ -1346,3 +1350,44 @@ def test_make_builds_and_starts_with_the_commit(bake_once: Any, tmp_path: Path) 
         )
         assert result.returncode == 0, result.stderr
         assert f"GIT_COMMIT={commit.strip()}" in result.stdout, result.stdout
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_docs_promise_only_what_is_baked(baked: Any, combo: str) -> None:
+    """README, Makefile, .env.example, the runbook and the dashboards offer nothing that was switched off."""
+    project = baked(combo)
+    answers = _answers(combo)
+    on = {toggle: _on(answers, toggle) for toggle in (*BACKENDS, "use_tracing")}
+    volumes = on["use_prometheus"] or on["use_alertmanager"] or on["use_grafana"] or on["use_loki"]
+    stack = volumes or on["use_jaeger"]
+    alert_rules = on["use_prometheus"] or on["use_loki"]
+    dashboards = on["use_grafana"] and (on["use_prometheus"] or on["use_loki"])
+    notifier = on["use_alertmanager"] or (on["use_grafana"] and on["use_prometheus"])
+
+    def text(name: str) -> str:
+        path = project / name
+        return path.read_text(encoding="utf-8").lower() if path.exists() else ""
+
+    readme, makefile, env_example = text("README.md"), text("Makefile"), text(".env.example")
+    runbook, compose = text("docs/monitoring.md"), text("compose.yaml")
+    overview = text("observability/grafana/dashboards/service-overview.json")
+    promises = {
+        "a trace to open": (on["use_jaeger"], [runbook, overview], ["to the trace", "open its trace"]),
+        "volumes to delete": (volumes, [readme, makefile, runbook], ["volumes", "delete the stored data"]),
+        "an observability stack": (stack, [readme, makefile], ["observability stack"]),
+        "random secrets": (on["use_grafana"], [runbook, makefile, env_example], ["random secrets", "fresh secrets"]),
+        "an alert's runbook": (alert_rules, [runbook], ["runbook section of the alert"]),
+        "dashboards": (dashboards, [readme, runbook], ["the dashboards", "## dashboards"]),
+        "alerts sent to a webhook": (notifier, [runbook], ["receiving alerts locally"]),
+        "a span export thread": (on["use_jaeger"], [runbook, compose], ["queue full", "app_span_export_nice"]),
+    }
+    for promise, (baked_in, texts, phrases) in promises.items():
+        if baked_in:
+            continue
+        for phrase in phrases:
+            assert not any(phrase in t for t in texts), f"{combo}: the docs still offer {promise} ({phrase!r})"
+    if on["use_tracing"] and not on["use_jaeger"]:
+        # No trace backend: .env exports nothing, and the README says so and how to change it.
+        assert "otel_traces_exporter=none" in text(".env")
+        assert "`otel_traces_exporter`" in readme
