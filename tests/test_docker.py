@@ -433,15 +433,22 @@ def test_multi_worker_mode_on_a_read_only_root(image: Image) -> None:
         if image.on("use_metrics"):
             from prometheus_client.parser import text_string_to_metric_families
 
-            status, body = container.get("/metrics")
-            assert status == 200
-            total = sum(
-                sample.value
-                for family in text_string_to_metric_families(body)
-                if family.name == "http_server_request_duration_seconds"
-                for sample in family.samples
-                if sample.name.endswith("_count") and sample.labels.get("http_route") == "/api/items/{item_id}"
-            )
+            # A worker records a request just after its response: the other may answer
+            # the scrape before that, so read until the total is in.
+            deadline = time.monotonic() + 5
+            while True:
+                status, body = container.get("/metrics")
+                assert status == 200
+                total = sum(
+                    sample.value
+                    for family in text_string_to_metric_families(body)
+                    if family.name == "http_server_request_duration_seconds"
+                    for sample in family.samples
+                    if sample.name.endswith("_count") and sample.labels.get("http_route") == "/api/items/{item_id}"
+                )
+                if total >= 20 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert total == 20, f"the workers' counts do not add up: {total}"
         docker("kill", "--signal", "TERM", container.name)
         code = docker("wait", container.name, timeout=GRACE_SECONDS).stdout.strip()

@@ -105,7 +105,10 @@ def test_a_scan_of_random_paths_and_methods_stays_bounded(start_server: StartSer
     )
     assert len(active) <= 10
     print(f"/metrics after the scan: {len(scrape.content)} bytes in {elapsed * 1000:.1f} ms")
-    assert elapsed < 0.5
+    # The size is what the scan could have inflated; the time is reported (benchmarks measure
+    # speed) and bounded only against a hang, as a loaded test machine stalls for a while.
+    assert len(scrape.content) < 2 * len(before.encode()) + 32_000
+    assert elapsed < 5
 
 
 def test_metrics_on_a_separate_port(start_server: StartServer) -> None:

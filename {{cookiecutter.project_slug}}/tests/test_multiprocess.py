@@ -42,9 +42,20 @@ def send(server: Server, n: int) -> None:
         )
 
 
+def wait_for_total(metrics_url: str, expected: int, timeout: float = 5.0) -> float:
+    """The merged total once it reaches `expected`: a worker records a request just
+    after its response went out, so another process may serve /metrics before that."""
+    deadline = time.monotonic() + timeout
+    while (total := total_requests(metrics_url)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return total
+
+
 def wait_for_workers(server: Server, n: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(worker_pids(server)) < n and time.monotonic() < deadline:
+    """Until n workers have finished starting (forked is not enough: they may still import)."""
+    deadline = time.monotonic() + 20
+    while sum("Application startup complete" in line for line in server.lines) < n:
+        assert time.monotonic() < deadline, "\n".join(server.lines)
         time.sleep(0.1)
 
 
@@ -59,7 +70,7 @@ def test_requests_over_two_workers_are_counted_exactly(
     wait_for_workers(server, 2)
     assert not home.exists(), "gunicorn's control socket is off: nothing is written to $HOME"
     send(server, 200)
-    assert total_requests(f"{server.url}/metrics") == 200
+    assert wait_for_total(f"{server.url}/metrics", 200) == 200
     writers = {p.name.rsplit("_", 1)[1] for p in multiproc.glob("histogram_*.db")}
     assert len(writers) >= 2, f"expected samples from 2 workers, got files {sorted(writers)}"
 
@@ -73,7 +84,7 @@ def test_requests_over_two_workers_are_counted_exactly(
         time.sleep(0.1)
     assert victim not in worker_pids(server)
     send(server, 50)
-    assert total_requests(f"{server.url}/metrics") == 250
+    assert wait_for_total(f"{server.url}/metrics", 250) == 250
     assert server.stop() == 0
 
 
@@ -84,5 +95,5 @@ def test_a_separate_metrics_port_serves_every_worker(start_server: StartServer) 
     wait_for_workers(server, 2)
     send(server, 100)
     assert httpx.get(f"{server.url}/metrics").status_code == 404
-    assert total_requests(f"http://127.0.0.1:{metrics_port}/metrics") == 100
+    assert wait_for_total(f"http://127.0.0.1:{metrics_port}/metrics", 100) == 100
     assert server.stop() == 0
