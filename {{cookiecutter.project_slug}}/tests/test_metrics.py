@@ -1,14 +1,17 @@
 """Metrics: names, labels, cardinality and exposition, read from a real server."""
 
+import asyncio
 import random
 import time
 
 import httpx
+from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from prometheus_client.samples import Sample
 
 from conftest import StartServer, free_port
+from {{ cookiecutter.package_name }}.observability.metrics import event_loop_monitor
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -64,6 +67,30 @@ def test_red_metrics_use_route_templates(start_server: StartServer) -> None:
     (lag,) = samples(text, "app_event_loop_lag_seconds")
     assert 0 <= lag.value < 1
     assert samples(text, "python_gc_objects_collected_total")
+
+
+def test_event_loop_lag_keeps_a_stall_for_the_window() -> None:
+    """A scrape sees a stall of the loop whenever it happened within the window."""
+
+    def lag() -> float:
+        return REGISTRY.get_sample_value("app_event_loop_lag_seconds") or 0.0
+
+    async def scenario() -> list[float]:
+        seen = []
+        async with event_loop_monitor(interval=0.05, window=1.0):
+            await asyncio.sleep(0.3)
+            seen.append(lag())  # a healthy loop
+            time.sleep(0.3)  # a blocking call in async code  # noqa: ASYNC251
+            await asyncio.sleep(0.5)  # the loop runs freely again, many checks later
+            seen.append(lag())
+            await asyncio.sleep(1.2)  # the stall has left the window
+            seen.append(lag())
+        return seen
+
+    healthy, after_stall, later = asyncio.run(scenario())
+    assert healthy < 0.1
+    assert 0.2 < after_stall < 0.5, "the stall is still the worst of the window"
+    assert later < 0.1
 
 
 def test_exposition_follows_accept_header(start_server: StartServer) -> None:
