@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from conftest import StartServer
+from conftest import StartServer, header_recorder
 from {{ cookiecutter.package_name }}.observability.logging import BufferedWriter, JsonFormatter
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -115,6 +115,23 @@ def test_hostile_values_cannot_break_the_format(start_server: StartServer) -> No
     assert access["user_agent"].startswith('ua "quoted" \\ \t')
     assert "...[truncated" in access["user_agent"]
     assert not any(r.get("level") == "CRITICAL" for r in records)
+
+
+def test_downstream_urls_and_their_credentials_stay_out_of_the_logs(
+    start_server: StartServer,
+) -> None:
+    # httpx would log "HTTP Request: GET <full URL>" at INFO for every call.
+    with header_recorder() as (url, seen):
+        secret_url = url.replace("http://", "http://user:pa55word@") + "?sig=s3cr3t"
+        server = start_server({**JSON_ENV, "APP_DOWNSTREAM_URL": secret_url})
+        response = httpx.get(f"{server.url}/api/downstream")
+        assert response.status_code == 200
+        assert response.json()["url"] == url, "the caller sees the URL without its credentials"
+        assert server.stop() == 0
+    assert len(seen) == 1, "the downstream was called"
+    assert any('"logger":"access"' in line for line in server.lines)
+    leaked = [line for line in server.lines if "s3cr3t" in line or "pa55word" in line]
+    assert not leaked
 
 
 def test_bound_fields_are_flat_and_truncated() -> None:

@@ -9,13 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Server, StartServer, free_port
+from conftest import Server, StartServer, free_port, header_recorder
 from {{ cookiecutter.package_name }}.observability.tracing import RateLimitFilter, _split_host
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -177,32 +176,6 @@ def test_downstream_call_carries_traceparent(
     assert client.trace_id == entry.trace_id == callee.trace_id
     assert client.parent_span_id == entry.span_id
     assert callee.parent_span_id == client.span_id, "the callee continued the caller's trace"
-
-
-@contextlib.contextmanager
-def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """A downstream service on loopback: answers 200 and records each request's headers."""
-    seen: list[dict[str, str]] = []
-
-    class Record(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append({name.lower(): value for name, value in self.headers.items()})
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Record)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.mark.parametrize("propagators", [None, "tracecontext,baggage"])

@@ -72,17 +72,19 @@ async def call_downstream(
     headers = {}
     if settings.downstream_token is not None:
         headers["Authorization"] = f"Bearer {settings.downstream_token.get_secret_value()}"
+    # What logs and callers may see: no credentials of the URL (user:password@, a signed query).
+    shown = str(httpx.URL(url).copy_with(userinfo=b"", query=None))
     try:
         response = await client.get(url, headers=headers)
     except httpx.HTTPError as exc:
 {%- if cookiecutter.use_json_logging %}
-        logger.bind(downstream_url=url).warning("downstream call failed: {}", type(exc).__name__)
+        logger.bind(downstream_url=shown).warning("downstream call failed: {}", type(exc).__name__)
 {%- else %}
-        logger.warning("downstream call to %s failed: %s", url, type(exc).__name__)
+        logger.warning("downstream call to %s failed: %s", shown, type(exc).__name__)
 {%- endif %}
         raise HTTPException(status_code=502, detail="Downstream service unavailable") from exc
     return DownstreamResult(
-        url=url, status=response.status_code, elapsed_ms=response.elapsed.total_seconds() * 1000
+        url=shown, status=response.status_code, elapsed_ms=response.elapsed.total_seconds() * 1000
     )
 
 

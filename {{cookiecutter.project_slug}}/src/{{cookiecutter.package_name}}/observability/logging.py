@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 _ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn", "gunicorn.error")
 # Replaced by the structured access line of `log_request`.
 _SILENCED_LOGGERS = ("uvicorn.access", "gunicorn.access")
+# httpx logs every call's full URL at INFO, credentials in it included (a signed
+# URL's query, user:password@); kept to its warnings.
+_QUIET_LOGGERS = ("httpx",)
 _RESERVED = frozenset({"timestamp", "level", "message", "logger", "module", "function", "line"})
 
 
@@ -306,6 +309,8 @@ def configure_logging(settings: Settings) -> None:
         routed.propagate = True
     for name in _SILENCED_LOGGERS:
         logging.getLogger(name).disabled = True
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logger.level(settings.log_level).no))
 
 
 def flush_logs() -> None:
