@@ -97,3 +97,6 @@ def test_a_separate_metrics_port_serves_every_worker(start_server: StartServer) 
     assert httpx.get(f"{server.url}/metrics").status_code == 404
     assert wait_for_total(f"http://127.0.0.1:{metrics_port}/metrics", 100) == 100
     assert server.stop() == 0
+    # Each worker exits 0 through its shutdown, not by the signal: its last lines are written.
+    assert sum("Finished server process" in line for line in server.lines) == 2, server.lines
+    assert not [line for line in server.lines if "was sent SIGTERM" in line]

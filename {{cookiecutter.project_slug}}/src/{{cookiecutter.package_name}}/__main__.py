@@ -28,6 +28,9 @@ from uvicorn_worker import UvicornWorker
 from .settings import Settings, get_settings
 
 APP = "{{ cookiecutter.package_name }}.main:create_app"
+# What the lifespan's shutdown may take after the requests drained: {% if cookiecutter.use_tracing %}the span
+# flush (OTEL_BSP_EXPORT_TIMEOUT, 5 s) and{% else %}at most{% endif %} the log flush.
+SHUTDOWN_FLUSH_SECONDS = {% if cookiecutter.use_tracing %}6{% else %}2{% endif %}
 {%- if cookiecutter.use_metrics %}
 DEFAULT_MULTIPROC_DIR = "/tmp/prometheus-multiproc"  # noqa: S108 - a tmpfs in the container
 {%- endif %}
@@ -137,6 +140,19 @@ class Worker(UvicornWorker):
         "access_log": False,
         "server_header": False,
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # As with one worker: requests in flight get this long, then the lifespan's
+        # shutdown flushes. gunicorn's graceful_timeout bounds the whole stop.
+        self.config.timeout_graceful_shutdown = int(get_settings().graceful_timeout_seconds)
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # uvicorn re-raises SIGTERM once it has shut down, under the handler found at
+        # start: exit 0, running what atexit runs (the last log lines), rather than
+        # dying by the signal.
+        signal.signal(signal.SIGTERM, _stopped)
 {%- if cookiecutter.use_json_logging %}
 
 
@@ -162,7 +178,9 @@ class MultiWorkerServer(BaseApplication):
             "bind": f"{settings.host}:{settings.port}",
             "workers": settings.workers,
             "worker_class": Worker,
-            "graceful_timeout": int(settings.graceful_timeout_seconds),
+            # The workers' own drain, then their lifespan shutdown{% if cookiecutter.use_tracing %} (the span flush){% endif %}.
+            "graceful_timeout": int(settings.graceful_timeout_seconds) + SHUTDOWN_FLUSH_SECONDS,
+            "keepalive": settings.keep_alive_seconds,
             "preload_app": False,
             # gunicorn's runtime control socket (worker count, reload, stop) under $HOME:
             # a management interface nobody asked for, failing on a read-only filesystem.
@@ -244,6 +262,7 @@ def main() -> None:
 {%- endif %}
             http=BoundedHeadProtocol,
             server_header=False,
+            timeout_keep_alive=settings.keep_alive_seconds,
             timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
         )
         return

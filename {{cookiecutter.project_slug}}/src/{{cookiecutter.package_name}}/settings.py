@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     port: int = Field(default={{ cookiecutter.port }}, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     graceful_timeout_seconds: float = Field(default=20.0, gt=0)
+    # How long an idle connection stays open; behind a load balancer that reuses
+    # connections, longer than its idle timeout, or it may send to a closing one (502).
+    keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # How long a request body may take to arrive once the app reads it (trickling clients).
     body_timeout_seconds: float = Field(default=30.0, gt=0)
