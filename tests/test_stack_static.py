@@ -130,6 +130,7 @@ LOG_KEYS = {
     "deployment_environment",
     "trace_id",
     "span_id",
+    "trace_sampled",
     "request_id",
     "exception_type",
     "exception_message",

@@ -61,12 +61,21 @@ def test_access_log_exemplar_and_span_share_the_trace_id(start_server: StartServ
 
         assert exemplar_trace_id == access[0]["trace_id"] == span.trace_id
         assert access[0]["span_id"] == span.span_id
+        assert access[0]["trace_sampled"] is True
 
 
 def test_unsampled_requests_carry_no_exemplar(start_server: StartServer) -> None:
     with OtlpReceiver() as receiver:
-        _, buckets = one_request(
+        server, buckets = one_request(
             start_server, receiver, "/api/items/78", OTEL_TRACES_SAMPLER="always_off"
         )
     assert all(s.exemplar is None for s in buckets), "an exemplar must point to a kept trace"
     assert receiver.snapshot() == []
+    # The log line keeps the ids to correlate by, and says there is no trace to open.
+    (access,) = [
+        record
+        for record in map(json.loads, server.lines)
+        if record.get("logger") == "access" and record["path"] == "/api/items/78"
+    ]
+    assert access["trace_id"]
+    assert access["trace_sampled"] is False

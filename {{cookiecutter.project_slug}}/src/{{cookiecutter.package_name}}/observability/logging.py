@@ -148,7 +148,8 @@ class JsonFormatter:
 {%- if cookiecutter.use_tracing %}
         ids = current_trace_ids()
         if ids is not None:
-            entry["trace_id"], entry["span_id"] = ids
+            # Unsampled requests have ids too (to correlate by), but no trace to open.
+            entry["trace_id"], entry["span_id"], entry["trace_sampled"] = ids
 {%- endif %}
         request_id = current_request_id()
         if request_id is not None:
@@ -201,6 +202,7 @@ class JsonFormatter:
         if info.trace_id is not None:
             entry["trace_id"] = info.trace_id
             entry["span_id"] = info.span_id
+            entry["trace_sampled"] = info.sampled
 {%- endif %}
         entry["request_id"] = info.request_id
         entry["method"] = info.method

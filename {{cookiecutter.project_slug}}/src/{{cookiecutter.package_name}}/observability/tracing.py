@@ -238,12 +238,16 @@ def setup_tracing(settings: Settings) -> TracerProvider:
     return _provider
 
 
-def current_trace_ids() -> tuple[str, str] | None:
-    """(trace_id, span_id) of the active span in W3C hex form, if there is one."""
+def current_trace_ids() -> TraceIds | None:
+    """(trace_id, span_id, sampled) of the active span, ids in W3C hex form, if there is one."""
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None
-    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+    return (
+        format(context.trace_id, "032x"),
+        format(context.span_id, "016x"),
+        context.trace_flags.sampled,
+    )
 
 
 class ServerSpans:
