@@ -7,6 +7,9 @@ preloaded in the parent.
 """
 
 import asyncio
+{% if cookiecutter.use_tracing -%}
+import math
+{% endif -%}
 import os
 {% if cookiecutter.use_metrics -%}
 import shutil
@@ -28,9 +31,6 @@ from uvicorn_worker import UvicornWorker
 from .settings import Settings, get_settings
 
 APP = "{{ cookiecutter.package_name }}.main:create_app"
-# What the lifespan's shutdown may take after the requests drained: {% if cookiecutter.use_tracing %}the span
-# flush (OTEL_BSP_EXPORT_TIMEOUT, 5 s) and{% else %}at most{% endif %} the log flush.
-SHUTDOWN_FLUSH_SECONDS = {% if cookiecutter.use_tracing %}6{% else %}2{% endif %}
 {%- if cookiecutter.use_metrics %}
 DEFAULT_MULTIPROC_DIR = "/tmp/prometheus-multiproc"  # noqa: S108 - a tmpfs in the container
 {%- endif %}
@@ -178,8 +178,8 @@ class MultiWorkerServer(BaseApplication):
             "bind": f"{settings.host}:{settings.port}",
             "workers": settings.workers,
             "worker_class": Worker,
-            # The workers' own drain, then their lifespan shutdown{% if cookiecutter.use_tracing %} (the span flush){% endif %}.
-            "graceful_timeout": int(settings.graceful_timeout_seconds) + SHUTDOWN_FLUSH_SECONDS,
+            # The workers' own drain, then their lifespan shutdown.
+            "graceful_timeout": int(settings.graceful_timeout_seconds) + _shutdown_seconds(),
             "keepalive": settings.keep_alive_seconds,
             "preload_app": False,
             # gunicorn's runtime control socket (worker count, reload, stop) under $HOME:
@@ -237,6 +237,20 @@ def _serve_merged_metrics(host: str, port: int) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     start_http_server(port, host, registry)
+{%- endif %}
+
+
+def _shutdown_seconds() -> int:
+    """What a worker's lifespan shutdown may take once its requests drained{% if cookiecutter.use_tracing %}: the span
+    flush, bounded by OTEL_BSP_EXPORT_TIMEOUT (milliseconds), and a second for the rest.{% else %}.{% endif %}"""
+{%- if cookiecutter.use_tracing %}
+    try:
+        flush_ms = int(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "5000"))
+    except ValueError:  # the SDK falls back to its default too
+        flush_ms = 5000
+    return math.ceil(max(flush_ms, 0) / 1000) + 1
+{%- else %}
+    return 1
 {%- endif %}
 
 
