@@ -1376,7 +1376,7 @@ def test_docs_promise_only_what_is_baked(baked: Any, combo: str) -> None:
     promises = {
         "a trace to open": (on["use_jaeger"], [runbook, overview], ["to the trace", "open its trace"]),
         "volumes to delete": (volumes, [readme, makefile, runbook], ["volumes", "delete the stored data"]),
-        "an observability stack": (stack, [readme, makefile], ["observability stack"]),
+        "an observability stack": (stack, [readme, makefile], ["observability stack", "the stack\n", "the stack)"]),
         "random secrets": (on["use_grafana"], [runbook, makefile, env_example], ["random secrets", "fresh secrets"]),
         "an alert's runbook": (alert_rules, [runbook], ["runbook section of the alert"]),
         "dashboards": (dashboards, [readme, runbook], ["the dashboards", "## dashboards"]),

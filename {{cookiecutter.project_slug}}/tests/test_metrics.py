@@ -88,9 +88,10 @@ def test_event_loop_lag_keeps_a_stall_for_the_window() -> None:
         return seen
 
     healthy, after_stall, later = asyncio.run(scenario())
-    assert healthy < 0.1
-    assert 0.2 < after_stall < 0.5, "the stall is still the worst of the window"
-    assert later < 0.1
+    # Loose bounds: a busy test machine delays timers too, though not by a stall's 300 ms.
+    assert healthy < 0.15
+    assert 0.2 < after_stall < 1.0, "the stall is still the worst of the window"
+    assert later < 0.15
 
 
 def test_exposition_follows_accept_header(start_server: StartServer) -> None:
