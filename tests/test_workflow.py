@@ -15,6 +15,7 @@ from helpers import TEMPLATE_DIR, require_executable
 pytestmark = pytest.mark.fast
 
 WORKFLOW = Path(".github/workflows/ci.yml")
+DEPENDABOT = Path(".github/dependabot.yml")
 NO_STACK: dict[str, Any] = {
     "use_prometheus": False,
     "use_alertmanager": False,
@@ -121,6 +122,32 @@ def test_workflow_has_no_blank_line_debris(bake_once: Any, variant: str) -> None
     assert not [line for line in text.splitlines() if line != line.rstrip()], "trailing whitespace"
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_dependabot_updates_the_lock_and_the_pinned_actions(bake_once: Any, variant: str) -> None:
+    answers = VARIANTS[variant]
+    config_path = bake_once(**answers) / DEPENDABOT
+    check = require_executable("check-jsonschema")
+    result = subprocess.run(
+        [check, "--builtin-schema", "vendor.dependabot", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = config_path.read_text()
+    assert text.endswith("\n") and "\n\n\n" not in text
+    updates = {entry["package-ecosystem"]: entry for entry in yaml.safe_load(text)["updates"]}
+    assert set(updates) == {"uv", "github-actions"}
+    assert all(entry["directory"] == "/" for entry in updates.values())
+    groups = updates["uv"].get("groups", {})
+    if answers.get("use_tracing", True):
+        # The SDK and the instrumentations pin each other: one pull request moves them all.
+        assert groups == {"opentelemetry": {"patterns": ["opentelemetry-*"]}}
+    else:
+        assert not groups
+
+
 def test_no_workflow_without_github_actions(bake_once: Any) -> None:
     project = bake_once(use_github_actions=False)
     assert not (project / ".github").exists()
@@ -142,6 +169,21 @@ def test_template_workflow_matches_the_github_schema() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_dependabot_matches_the_schema() -> None:
+    check = require_executable("check-jsonschema")
+    config_path = TEMPLATE_DIR / DEPENDABOT
+    result = subprocess.run(
+        [check, "--builtin-schema", "vendor.dependabot", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ecosystems = {entry["package-ecosystem"] for entry in yaml.safe_load(config_path.read_text())["updates"]}
+    assert ecosystems == {"uv", "github-actions"}
 
 
 def test_template_workflow_runs_the_readme_tests_and_audits_a_default_bake(bake_once: Any) -> None:
