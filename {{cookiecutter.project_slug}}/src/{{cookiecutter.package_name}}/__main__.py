@@ -244,11 +244,12 @@ def _shutdown_seconds() -> int:
     """What a worker's lifespan shutdown may take once its requests drained{% if cookiecutter.use_tracing %}: the span
     flush, bounded by OTEL_BSP_EXPORT_TIMEOUT (milliseconds), and a second for the rest.{% else %}.{% endif %}"""
 {%- if cookiecutter.use_tracing %}
+    # Read as observability/tracing.py reads it; the parent does not import the SDK.
     try:
-        flush_ms = int(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "5000"))
-    except ValueError:  # the SDK falls back to its default too
-        flush_ms = 5000
-    return math.ceil(max(flush_ms, 0) / 1000) + 1
+        flush_ms = float(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "5000"))
+    except ValueError:
+        flush_ms = 5000.0
+    return math.ceil(max(flush_ms, 0.0) / 1000) + 1
 {%- else %}
     return 1
 {%- endif %}
