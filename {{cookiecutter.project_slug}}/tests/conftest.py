@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import random
 {%- if cookiecutter.use_metrics %}
 import shutil
 {%- endif %}
@@ -58,11 +59,36 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range outgoing connections take their local port from (Linux; IANA's elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
+    """A free port for a server about to start, outside the ephemeral range.
+
+    The server binds it a second later; a port the kernel hands out for
+    bind(0) may meanwhile become the local end of any client connection
+    (the tests make thousands), and the server would fail to start.
+    """
+    low, _ = _ephemeral_ports()
+    candidates = range(20_000, low) if low > 21_000 else range(0)
+    for _ in range(100 if candidates else 0):
+        port = random.choice(candidates)  # noqa: S311 - a port, not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: try another
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        any_port: int = sock.getsockname()[1]
+        return any_port
 
 
 @contextlib.contextmanager
