@@ -43,6 +43,19 @@ def _load(project: Path) -> dict[Any, Any]:
     return workflow
 
 
+def _assert_schema(schema: str, path: Path) -> None:
+    """check-jsonschema with one of its vendored schemas (GitHub's, Dependabot's)."""
+    check = require_executable("check-jsonschema")
+    result = subprocess.run(
+        [check, "--builtin-schema", schema, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
     return [step for job in workflow["jobs"].values() for step in job["steps"]]
 
@@ -50,15 +63,7 @@ def _steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_workflow_matches_the_github_schema(bake_once: Any, variant: str) -> None:
     project = bake_once(**VARIANTS[variant])
-    check = require_executable("check-jsonschema")
-    result = subprocess.run(
-        [check, "--builtin-schema", "vendor.github-workflows", str(project / WORKFLOW)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_schema("vendor.github-workflows", project / WORKFLOW)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -126,15 +131,7 @@ def test_workflow_has_no_blank_line_debris(bake_once: Any, variant: str) -> None
 def test_dependabot_updates_the_lock_and_the_pinned_actions(bake_once: Any, variant: str) -> None:
     answers = VARIANTS[variant]
     config_path = bake_once(**answers) / DEPENDABOT
-    check = require_executable("check-jsonschema")
-    result = subprocess.run(
-        [check, "--builtin-schema", "vendor.dependabot", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_schema("vendor.dependabot", config_path)
     text = config_path.read_text()
     assert text.endswith("\n") and "\n\n\n" not in text
     updates = {entry["package-ecosystem"]: entry for entry in yaml.safe_load(text)["updates"]}
@@ -160,28 +157,12 @@ TEMPLATE_WORKFLOW = TEMPLATE_DIR / ".github" / "workflows" / "ci.yml"
 
 
 def test_template_workflow_matches_the_github_schema() -> None:
-    check = require_executable("check-jsonschema")
-    result = subprocess.run(
-        [check, "--builtin-schema", "vendor.github-workflows", str(TEMPLATE_WORKFLOW)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_schema("vendor.github-workflows", TEMPLATE_WORKFLOW)
 
 
 def test_template_dependabot_matches_the_schema() -> None:
-    check = require_executable("check-jsonschema")
     config_path = TEMPLATE_DIR / DEPENDABOT
-    result = subprocess.run(
-        [check, "--builtin-schema", "vendor.dependabot", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_schema("vendor.dependabot", config_path)
     ecosystems = {entry["package-ecosystem"] for entry in yaml.safe_load(config_path.read_text())["updates"]}
     assert ecosystems == {"uv", "github-actions"}
 
