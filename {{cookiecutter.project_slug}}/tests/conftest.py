@@ -91,6 +91,14 @@ def free_port() -> int:
         return any_port
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends on `sock` until it closes the connection."""
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    return reply
+
+
 @contextlib.contextmanager
 def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
     """A downstream service on loopback: answers 200 and records each request's headers."""

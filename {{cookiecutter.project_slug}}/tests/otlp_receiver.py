@@ -24,6 +24,8 @@ class ReceivedSpan:
     status_code: int  # 0 unset, 1 ok, 2 error
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(any_value: Any) -> Any:
@@ -93,6 +95,8 @@ class OtlpReceiver:
                                 status_code=span.status.code,
                                 attributes={a.key: _value(a.value) for a in span.attributes},
                                 resource=resource,
+                                start_ns=span.start_time_unix_nano,
+                                end_ns=span.end_time_unix_nano,
                             )
                         )
 

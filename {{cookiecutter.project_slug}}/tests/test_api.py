@@ -10,9 +10,10 @@ import time
 
 import httpx
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from conftest import StartServer
+from conftest import StartServer, read_until_closed
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -70,6 +71,26 @@ def assert_error(body: dict[str, object], status: int) -> dict[str, object]:
     return error
 
 
+@pytest.mark.parametrize(
+    ("status", "message"), [(409, "Conflict"), (499, "Error")], ids=["standard", "own-code"]
+)
+def test_a_structured_http_exception_detail_reaches_the_client(
+    settings: Settings, status: int, message: str
+) -> None:
+    app = create_app(settings)
+
+    @app.get("/api/orders/{order_id}")
+    async def order(order_id: int) -> None:
+        raise HTTPException(status, detail={"code": "order_conflict", "order": order_id})
+
+    with TestClient(app) as client:
+        response = client.get("/api/orders/7")
+    assert response.status_code == status
+    error = assert_error(response.json(), status)
+    assert error["message"] == message
+    assert error["details"] == {"code": "order_conflict", "order": 7}
+
+
 def test_not_found_uses_the_error_format(client: TestClient) -> None:
     response = client.get("/no/such/path")
     assert response.status_code == 404
@@ -88,14 +109,6 @@ def test_unknown_method_is_405(client: TestClient) -> None:
     response = client.request("PURGE", "/api/items/1")
     assert response.status_code == 405
     assert_error(response.json(), 405)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends on `sock` until it closes the connection."""
-    reply = b""
-    while chunk := sock.recv(65536):
-        reply += chunk
-    return reply
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -78,8 +78,19 @@ def refusal_body(status: int, request_id: str) -> bytes:
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(request, exc.status_code, message, headers=exc.headers)
+    if isinstance(exc.detail, str):
+        return error_response(request, exc.status_code, exc.detail, headers=exc.headers)
+    # A structured detail (`HTTPException(409, detail={"code": ...})`) is for the client.
+    return error_response(
+        request, exc.status_code, _phrase(exc.status_code), details=exc.detail, headers=exc.headers
+    )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a code of the service's own, such as 499
+        return "Error"
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -150,7 +161,11 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
         details = traceback.format_exception(exc) if debug else None
         # Sent from outside the request middleware, which adds X-Request-ID to the others.
         request_id = getattr(request.state, "request_id", None)
-        headers = {"X-Request-ID": request_id} if request_id else None
+        # The server closes the connection after an unhandled exception: saying so keeps
+        # a client from sending its next request down it (a reset, a 502 behind a proxy).
+        headers = {"Connection": "close"}
+        if request_id:
+            headers["X-Request-ID"] = request_id
         return error_response(
             request, 500, "Internal Server Error", details=details, headers=headers
         )

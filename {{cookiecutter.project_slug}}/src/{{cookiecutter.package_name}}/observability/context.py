@@ -16,6 +16,7 @@ propagation and costs half the throughput of a small endpoint) assigns it.
 """
 {%- endif %}
 
+import logging
 import os
 import re
 {%- if observed %}
@@ -63,6 +64,8 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _REQUEST_ID_HEADER = b"x-request-id"
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+_logger = logging.getLogger(__name__)
 
 
 def current_request_id() -> str | None:
@@ -155,10 +158,17 @@ class ServerSpans(Protocol):
         """Start the request's span and make it current; returns what `end` needs."""
 
     def end(
-        self, started: Any, status: int, error_type: str | None, *, keep_current: bool = False
+        self,
+        started: Any,
+        status: int,
+        error_type: str | None,
+        *,
+        finished_ago: float = 0.0,
+        keep_current: bool = False,
     ) -> TraceIds | None:
         """End the span, failed if `error_type` is set (as in `RequestInfo`).
 
+        The span ends `finished_ago` seconds ago, when the response was sent.
         With `keep_current` the span stays current for the rest of the task.
         Returns (trace_id, span_id, sampled) of the request, if it has a trace.
         """
@@ -218,7 +228,7 @@ class RequestContextMiddleware:
 {%- if observed %}
         if scope["path"] in EXCLUDED_PATHS:
             try:
-                await self.app(scope, receive, _sending_id(send, request_id))
+                await _pass_through(self.app, scope, receive, send, request_id)
             finally:
                 request_id_var.reset(token)
             return
@@ -236,30 +246,41 @@ class RequestContextMiddleware:
         span = spans.start(scope, method, route) if spans is not None else None
 {%- endif %}
         start = perf_counter()
+        sent: float | None = None  # when the response's last byte was handed to the server
 
         async def send_with_ids(message: Message) -> None:
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = message.setdefault("headers", [])
                 headers.append((_REQUEST_ID_HEADER, request_id.encode()))
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent = perf_counter()
 
         raised = False
         try:
             await self.app(scope, receive, send_with_ids)
         except BaseException as exc:
             error_type = type(exc).__qualname__
-            raised = True
-            raise
+            if sent is None or not isinstance(exc, Exception):
+                raised = True
+                raise
+            _log_after_response(exc)
         finally:
-            duration = perf_counter() - start
+            now = perf_counter()
+            # The client's wait: background tasks run after the response, off the clock.
+            duration = (now if sent is None else sent) - start
             if error_type is None and status >= 500:
                 error_type = str(status)  # failed without raising: the status names the error
 {%- if cookiecutter.use_tracing %}
-            ids = None
-            if spans is not None:
-                ids = spans.end(span, status, error_type, keep_current=raised)
+            ids = (
+                spans.end(
+                    span, status, error_type, finished_ago=now - (sent or now), keep_current=raised
+                )
+                if spans is not None
+                else None
+            )
 {%- endif %}
             info = RequestInfo(
                 method=method,
@@ -287,22 +308,43 @@ class RequestContextMiddleware:
                 request_id_var.reset(token)
 {%- else %}
         try:
-            await self.app(scope, receive, _sending_id(send, request_id))
+            await _pass_through(self.app, scope, receive, send, request_id)
         finally:
             request_id_var.reset(token)
 {%- endif %}
 
 
-def _sending_id(send: Send, request_id: str) -> Send:
-    """`send`, adding the `X-Request-ID` header to the response."""
+async def _pass_through(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, request_id: str
+) -> None:
+    """Run the app, adding the `X-Request-ID` header to its response."""
+    sent = False
 
     async def send_with_id(message: Message) -> None:
+        nonlocal sent
         if message["type"] == "http.response.start":
             headers = message.setdefault("headers", [])
             headers.append((_REQUEST_ID_HEADER, request_id.encode()))
         await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            sent = True
 
-    return send_with_id
+    try:
+        await app(scope, receive, send_with_id)
+    except Exception as exc:
+        if not sent:
+            raise
+        _log_after_response(exc)
+
+
+def _log_after_response(exc: Exception) -> None:
+    """Log what failed once the client had its whole response (a background task).
+
+    Re-raised, it would reach the server, which closes the connection after an
+    exception; a client that already reuses it for its next request would get
+    a reset (a 502 behind a load balancer) for a failure that was not its own.
+    """
+    _logger.error("Exception after the response was sent", exc_info=exc)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -280,6 +280,8 @@ class ServerSpans:
         attributes = _request_attributes(scope, method, route, host, user_agent)
         name = method if route == UNMATCHED_ROUTE else f"{method} {route}"
         span = self.tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
+        # A mounted FastAPI app would otherwise record a second server span of its own.
+        scope.setdefault("fastapi.telemetry", None)
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     def end(
@@ -288,6 +290,7 @@ class ServerSpans:
         status: int,
         error_type: str | None,
         *,
+        finished_ago: float = 0.0,
         keep_current: bool = False,
     ) -> TraceIds | None:
         if started is None:
@@ -300,7 +303,8 @@ class ServerSpans:
                 if error_type is not None:
                     span.set_attribute("error.type", error_type)
                     span.set_status(StatusCode.ERROR)
-            span.end()
+            # Ends with the response: what runs after it (background tasks) is off the clock.
+            span.end(time.time_ns() - round(finished_ago * 1e9))
             if not keep_current:
                 otel_context.detach(token)
         if not span_context.is_valid:

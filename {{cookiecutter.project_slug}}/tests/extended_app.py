@@ -1,0 +1,45 @@
+"""The service as a developer extends it: background tasks and a mounted FastAPI app.
+
+Served by uvicorn from test_extending.py, with the settings of the environment.
+"""
+
+import asyncio
+import logging
+
+from fastapi import BackgroundTasks, FastAPI
+
+from {{ cookiecutter.package_name }}.main import create_app
+
+logger = logging.getLogger("extended_app")
+
+
+def create() -> FastAPI:
+    app = create_app()
+
+    async def slow_task() -> None:
+        await asyncio.sleep(0.5)
+
+    async def failing_task() -> None:
+        # Long enough for the client's next request on the connection to be waiting.
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the background task failed")
+
+    @app.get("/api/report")
+    async def report(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(slow_task)
+        return {"report": "queued"}
+
+    @app.get("/api/notify")
+    async def notify(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(failing_task)
+        return {"notification": "queued"}
+
+    v2 = FastAPI()
+
+    @v2.get("/widgets/{widget_id}")
+    async def widget(widget_id: int) -> dict[str, int]:
+        logger.warning("widget %d served", widget_id)
+        return {"id": widget_id}
+
+    app.mount("/v2", v2)
+    return app
