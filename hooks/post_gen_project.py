@@ -35,6 +35,9 @@ class ManifestError(RuntimeError):
     """The manifest and the rendered files disagree."""
 
 
+RULE_KEYS = ("when", "when_any", "paths")
+
+
 def load_manifest(project: Path) -> dict[str, Any]:
     manifest = yaml.safe_load((project / MANIFEST).read_text(encoding="utf-8"))
     if not isinstance(manifest, dict) or not isinstance(manifest.get("features"), dict):
@@ -43,6 +46,16 @@ def load_manifest(project: Path) -> dict[str, Any]:
         paths = rule.get("paths") if isinstance(rule, dict) else None
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
             raise ManifestError(f"{MANIFEST}: feature {name!r} must list the paths it owns")
+        # A misspelt condition (`when_all:`) would otherwise leave the feature always on.
+        unknown = [str(key) for key in rule if key not in RULE_KEYS]
+        if unknown:
+            raise ManifestError(
+                f"{MANIFEST}: feature {name!r} has unknown keys {', '.join(unknown)} (expected {', '.join(RULE_KEYS)})"
+            )
+        for key in ("when", "when_any"):
+            toggles = rule.get(key, [])
+            if not isinstance(toggles, list) or not all(isinstance(t, str) and t for t in toggles):
+                raise ManifestError(f"{MANIFEST}: feature {name!r}: {key!r} must be a list of toggle names")
     return manifest
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,17 @@ def bake_once(cookies_session: Any) -> Baker:
         return cache[key]
 
     return bake
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cookiecutter_config_of_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Bakes outside pytest-cookies (the CLI, cruft, the API) keep their replay files here, not in ~."""
+    home = tmp_path_factory.mktemp("cookiecutter-home")
+    config = home / "config.yaml"
+    config.write_text(f"cookiecutters_dir: {home / 'cookiecutters'}\nreplay_dir: {home / 'replay'}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COOKIECUTTER_CONFIG", str(config))
+        yield
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

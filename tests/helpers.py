@@ -28,7 +28,17 @@ SHARED_TOOLS = TEMPLATE_DIR.parent / "shared" / "tools"
 # Set where a registry is reachable (the template's GitHub workflow): the real
 # images are pulled instead of building local stand-ins.
 PULL_IMAGES = os.environ.get("PULL_IMAGES") == "1"
-UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.8"
+
+
+def _uv_image() -> str:
+    """The uv image the generated Dockerfile copies its binary from (test_workflow checks the other pins)."""
+    dockerfile = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "Dockerfile").read_text(encoding="utf-8")
+    match = re.search(r"--from=(ghcr\.io/astral-sh/uv:\S+)", dockerfile)
+    assert match, "the Dockerfile copies uv from no pinned image"
+    return match[1]
+
+
+UV_IMAGE = _uv_image()
 
 
 def runbook_queries(project: Path) -> list[str]:

@@ -15,10 +15,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 import yaml
 
-from combinations import ALL_ON, combo_id, hook, matrix
+from combinations import ALL_ON, TOGGLES, combo_id, hook, matrix
 from helpers import TEMPLATE_DIR, unowned_files
 
 pytestmark = pytest.mark.fast
@@ -84,6 +85,11 @@ COMPOSE_SERVICES = {
 }
 
 
+def test_every_toggle_says_what_it_leaves_behind() -> None:
+    """A new toggle must say what of it may not survive its switching off (nothing, if so)."""
+    assert sorted(TRACES_OF.keys() | COMPOSE_SERVICES.keys()) == sorted(TOGGLES)
+
+
 @pytest.fixture(scope="module", params=MATRIX, ids=[combo_id(c) for c in MATRIX])
 def baked(request: pytest.FixtureRequest, bake_once: Any) -> tuple[dict[str, bool], Path]:
     toggles: dict[str, bool] = request.param
@@ -131,7 +137,10 @@ def test_files_match_the_manifest(baked: tuple[dict[str, bool], Path]) -> None:
     toggles, project = baked
     post = hook("post_gen_project")
     raw = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / post.MANIFEST).read_text()
-    manifest = yaml.safe_load(raw.replace("{{ cookiecutter.package_name }}", "my_service"))
+    # Rendered as the template renders it, whatever spacing a path's {{ }} has.
+    (package,) = [path.name for path in (project / "src").iterdir()]
+    rendered = jinja2.Environment(autoescape=False).from_string(raw).render(cookiecutter={"package_name": package})
+    manifest = yaml.safe_load(rendered)
     assert not (project / post.MANIFEST).exists()
     for name, rule in manifest["features"].items():
         enabled = post.feature_enabled(rule, toggles)

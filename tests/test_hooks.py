@@ -355,6 +355,12 @@ def test_the_hook_checks_every_toggle_of_cookiecutter_json() -> None:
     assert tuple(key for key in answers if key.startswith("use_")) == pre.TOGGLES
 
 
+def test_the_hook_offers_the_choices_of_cookiecutter_json() -> None:
+    answers = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+    assert sorted(answers["python_version"]) == sorted(pre.PYTHON_VERSIONS)
+    assert sorted(answers["license"]) == sorted(pre.LICENSES)
+
+
 def test_the_hook_knows_every_dependency_and_stack_port(bake_once: Any) -> None:
     """The names and ports the hook refuses follow the baked project: a dependency added to
     pyproject.toml, or a port published in compose.yaml, must be added to the hook too."""
@@ -740,6 +746,22 @@ def test_disabled_paths() -> None:
 def test_load_manifest_refuses_a_feature_without_paths(tmp_path: Path, rule: str) -> None:
     (tmp_path / post.MANIFEST).write_text("features:\n" + rule)
     with pytest.raises(post.ManifestError, match="feature 'bare' must list the paths it owns"):
+        post.load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("    whne: [a]\n", "has unknown keys whne"),
+        ("    when_all: [a]\n", "has unknown keys when_all"),
+        ("    when: a\n", "'when' must be a list of toggle names"),
+        ("    when_any: [a, 5]\n", "'when_any' must be a list of toggle names"),
+    ],
+    ids=["misspelt", "invented", "not-a-list", "not-a-name"],
+)
+def test_load_manifest_refuses_a_condition_it_would_not_apply(tmp_path: Path, rule: str, message: str) -> None:
+    (tmp_path / post.MANIFEST).write_text("features:\n  odd:\n    paths: [x]\n" + rule)
+    with pytest.raises(post.ManifestError, match=f"feature 'odd'.*{message}"):
         post.load_manifest(tmp_path)
 
 

@@ -23,8 +23,17 @@ import yaml
 
 from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, run, runbook_queries, unavailable
 
-PROMETHEUS_IMAGE = "prom/prometheus:v3.5.3"
-ALERTMANAGER_IMAGE = "prom/alertmanager:v0.33.1"
+
+def _pinned_image(name: str) -> str:
+    """The image compose.yaml pins for `name`: promtool and amtool run from the very same."""
+    compose = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "compose.yaml").read_text(encoding="utf-8")
+    match = re.search(rf"^  {name}: &{name}-image (\S+)$", compose, re.MULTILINE)
+    assert match, f"compose.yaml pins no {name} image"
+    return match[1]
+
+
+PROMETHEUS_IMAGE = _pinned_image("prometheus")
+ALERTMANAGER_IMAGE = _pinned_image("alertmanager")
 BACKENDS = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki", "use_cadvisor")
 NO_STACK = dict.fromkeys(BACKENDS, False)
 # The template's own defaults (use_cadvisor is off unless asked for).

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import TEMPLATE_DIR, require_executable
+from helpers import TEMPLATE_DIR, UV_IMAGE, require_executable
 
 pytestmark = pytest.mark.fast
 
@@ -199,3 +199,17 @@ def test_template_workflow_runs_the_readme_tests_and_audits_a_default_bake(bake_
             assert PINNED.match(line.split("uses:", 1)[1].strip()), line
     for step in _steps(workflow):
         assert "${{" not in step.get("run", ""), step
+
+
+def test_uv_is_pinned_to_one_version_everywhere() -> None:
+    """The image's uv, both workflows', the CI script's and the build backend's range agree."""
+    version = UV_IMAGE.rpartition(":")[2]
+    project = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
+    sources = {
+        ".github/workflows/ci.yml": (TEMPLATE_DIR / WORKFLOW, r'UV_VERSION: "([^"]+)"'),
+        "the project's ci.yml": (project / WORKFLOW, r'UV_VERSION: "([^"]+)"'),
+        ".ci/run": (TEMPLATE_DIR / ".ci/run", r'"uv==([^"]+)"'),
+        "the project's pyproject.toml": (project / "pyproject.toml", r'"uv_build>=([^,]+),'),
+    }
+    pins = {name: re.search(pattern, path.read_text(encoding="utf-8")) for name, (path, pattern) in sources.items()}
+    assert {name: match and match[1] for name, match in pins.items()} == dict.fromkeys(pins, version)

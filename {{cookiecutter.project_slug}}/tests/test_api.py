@@ -255,6 +255,17 @@ def test_unhandled_error_is_500_without_stack_trace(client: TestClient) -> None:
     assert "deliberate" not in response.text
 
 
+def test_debug_mode_adds_the_stack_trace_to_the_json_error(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"debug": True}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/api/fail")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    error = assert_error(response.json(), 500)
+    assert isinstance(error["details"], list)
+    assert "deliberate failure" in "".join(error["details"])
+
+
 def test_api_docs_can_be_turned_off(settings: Settings) -> None:
     paths = ["/docs", "/redoc", "/openapi.json"]
     with TestClient(create_app(settings)) as client:

@@ -80,6 +80,32 @@ def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> No
     assert any("Finished server process" in r["message"] for r in records)
 
 
+def test_forked_workers_write_each_line_once_and_at_once(start_server: StartServer) -> None:
+    server = start_server({**JSON_ENV, "APP_WORKERS": "2"})
+    # Logged by each worker as it starts: written then, not held until the worker exits.
+    wait_for(server.lines, lambda r: r["message"].startswith("Booting worker"), timeout=10)
+    assert server.stop() == 0
+    records = parse_lines(server.lines)
+    booted = [r for r in records if r["message"].startswith("Booting worker")]
+    assert len(booted) == 2, booted
+    # A worker forked with lines still buffered by the parent must not write them again.
+    assert sum(r["message"].startswith("Starting gunicorn") for r in records) == 1
+    keys = [(r["timestamp"], r["message"]) for r in records]
+    assert len(keys) == len(set(keys)), "a line was written twice"
+
+
+def test_the_console_format_keeps_the_ids_and_fields_without_colours(
+    start_server: StartServer,
+) -> None:
+    server = start_server({"APP_LOG_FORMAT": "console"})
+    httpx.get(f"{server.url}/api/items/7", headers={"X-Request-ID": "req-console"})
+    assert server.stop() == 0
+    (access,) = [line for line in server.lines if "GET /api/items/{item_id} 200" in line]
+    for field in ("request_id=req-console", "path=/api/items/7", "status=200", "duration_ms="):
+        assert field in access, access
+    assert "\x1b[" not in "\n".join(server.lines), "no colour codes when not on a terminal"
+
+
 def test_errors_carry_the_exception(start_server: StartServer) -> None:
     server = start_server(JSON_ENV)
     response = httpx.get(f"{server.url}/api/fail")

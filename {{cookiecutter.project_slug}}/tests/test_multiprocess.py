@@ -100,3 +100,17 @@ def test_a_separate_metrics_port_serves_every_worker(start_server: StartServer) 
     # Each worker exits 0 through its shutdown, not by the signal: its last lines are written.
     assert sum("Finished server process" in line for line in server.lines) == 2, server.lines
     assert not [line for line in server.lines if "was sent SIGTERM" in line]
+
+
+def test_the_start_removes_only_stale_sample_files(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    multiproc = tmp_path / "metrics"
+    multiproc.mkdir()
+    (multiproc / "counter_99999.db").write_bytes(b"from an earlier run")
+    (multiproc / "README").write_text("not the client library's")
+    server = start_server({"APP_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)})
+    wait_for_workers(server, 2)
+    assert not (multiproc / "counter_99999.db").exists(), "an earlier run's samples are not merged"
+    assert (multiproc / "README").read_text() == "not the client library's"
+    assert server.stop() == 0

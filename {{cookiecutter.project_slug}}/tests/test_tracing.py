@@ -215,6 +215,16 @@ def test_a_malformed_baggage_header_logs_once(
     assert 1 <= len(warnings) <= 3, warnings
 
 
+def test_a_queue_smaller_than_the_default_batch_still_exports(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    # The service's batch of 64 shrinks to fit: the SDK refuses a batch larger than its queue.
+    server = start_server(tracing_env(receiver.endpoint, OTEL_BSP_MAX_QUEUE_SIZE="32"))
+    assert httpx.get(f"{server.url}/api/items/1").status_code == 200
+    wait_for_spans(receiver, lambda s: len(s) >= 1)
+    assert server.stop() == 0
+
+
 def test_server_error_returns_its_trace_id(
     start_server: StartServer, receiver: OtlpReceiver
 ) -> None:

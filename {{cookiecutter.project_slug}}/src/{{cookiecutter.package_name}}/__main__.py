@@ -7,16 +7,14 @@ preloaded in the parent.
 """
 
 import asyncio
-{% if cookiecutter.use_tracing -%}
 import math
-{% endif -%}
 import os
-{% if cookiecutter.use_metrics -%}
-import shutil
-{% endif -%}
 import signal
 import sys
 from http import HTTPStatus
+{%- if cookiecutter.use_metrics %}
+from pathlib import Path
+{%- endif %}
 from types import FrameType
 from typing import Any
 
@@ -28,7 +26,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from .settings import Settings, get_settings
+from .settings import Settings, configuration_errors, get_settings
 
 APP = "{{ cookiecutter.package_name }}.main:create_app"
 {%- if cookiecutter.use_metrics %}
@@ -145,7 +143,7 @@ class Worker(UvicornWorker):
         super().__init__(*args, **kwargs)
         # As with one worker: requests in flight get this long, then the lifespan's
         # shutdown flushes. gunicorn's graceful_timeout bounds the whole stop.
-        self.config.timeout_graceful_shutdown = int(get_settings().graceful_timeout_seconds)
+        self.config.timeout_graceful_shutdown = math.ceil(get_settings().graceful_timeout_seconds)
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -175,11 +173,14 @@ class MultiWorkerServer(BaseApplication):
     def load_config(self) -> None:
         settings = self.settings
         options: dict[str, Any] = {
-            "bind": f"{settings.host}:{settings.port}",
+            # An IPv6 address in brackets: gunicorn splits host and port at the last colon.
+            "bind": f"[{settings.host}]:{settings.port}"
+            if ":" in settings.host
+            else f"{settings.host}:{settings.port}",
             "workers": settings.workers,
             "worker_class": Worker,
             # The workers' own drain, then their lifespan shutdown.
-            "graceful_timeout": int(settings.graceful_timeout_seconds) + _shutdown_seconds(),
+            "graceful_timeout": math.ceil(settings.graceful_timeout_seconds) + _shutdown_seconds(),
             "keepalive": settings.keep_alive_seconds,
             "preload_app": False,
             # gunicorn's runtime control socket (worker count, reload, stop) under $HOME:
@@ -217,9 +218,11 @@ def _prepare_multiprocess_dir() -> None:
     storage then), and stale files from an earlier run would be merged in.
     The parent process never imports the metrics module: it creates no samples.
     """
-    path = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR)
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
+    path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR))
+    path.mkdir(parents=True, exist_ok=True)
+    # Only the client library's sample files: the directory may hold other things.
+    for stale in path.glob("*.db"):
+        stale.unlink()
 
 
 def _serve_merged_metrics(host: str, port: int) -> None:
@@ -260,6 +263,11 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    errors = configuration_errors()
+    if errors:
+        for error in errors:
+            print(f"invalid setting {error}", file=sys.stderr)  # logging is not set up yet
+        sys.exit(2)
     settings = get_settings()
     if settings.workers == 1:
         # uvicorn drains requests and runs the shutdown on SIGTERM, then re-raises the
@@ -271,6 +279,7 @@ def main() -> None:
             factory=True,
             host=settings.host,
             port=settings.port,
+            workers=1,  # not uvicorn's own multiprocessing, which WEB_CONCURRENCY would turn on
 {%- if cookiecutter.use_json_logging %}
             log_config=None,  # the app routes uvicorn's loggers into its own sink
             access_log=False,  # replaced by the app's structured access line
@@ -278,7 +287,7 @@ def main() -> None:
             http=BoundedHeadProtocol,
             server_header=False,
             timeout_keep_alive=settings.keep_alive_seconds,
-            timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
+            timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_seconds),
         )
         return
 {%- if cookiecutter.use_json_logging %}

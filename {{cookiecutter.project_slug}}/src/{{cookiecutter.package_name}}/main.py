@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title=settings.title,
         description=settings.description,
         version=settings.version,
-        debug=settings.debug,
+        # Not `debug`: Starlette's debug page would replace the JSON error format, whose
+        # handler (errors.py) adds the stack trace in debug mode instead.
         docs_url="/docs" if settings.api_docs else None,
         redoc_url="/redoc" if settings.api_docs else None,
         openapi_url="/openapi.json" if settings.api_docs else None,

@@ -9,11 +9,19 @@ so that operators can use what they already know from other services.
 {%- endif %}
 
 from functools import lru_cache
-{%- if cookiecutter.use_json_logging %}
+{%- if cookiecutter.use_tracing %}
+from importlib.metadata import entry_points
+{%- endif %}
+{%- if cookiecutter.use_json_logging or cookiecutter.use_tracing %}
 from typing import Literal
 {%- endif %}
 
-from pydantic import AnyHttpUrl, Field, SecretStr
+{%- set pydantic_names = ["AnyHttpUrl", "Field", "SecretStr", "ValidationError"] %}
+{%- if cookiecutter.use_json_logging or cookiecutter.use_tracing %}{% set pydantic_names = pydantic_names + ["field_validator"] %}{% endif %}
+{%- if cookiecutter.use_metrics or cookiecutter.use_tracing %}{% set pydantic_names = pydantic_names + ["model_validator"] %}{% endif %}
+
+from pydantic import {{ pydantic_names | sort(case_sensitive=True) | join(", ") }}
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import __version__
@@ -92,8 +100,109 @@ class Settings(BaseSettings):
     # steps); 0 exports at the requests' priority. See observability/tracing.py.
     span_export_nice: int = Field(default=10, ge=0, le=19)
 {%- endif %}
+{%- if cookiecutter.use_json_logging %}
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+{%- endif %}
+{%- if cookiecutter.use_metrics %}
+
+    @model_validator(mode="after")
+    def _metrics_port_of_its_own(self) -> "Settings":
+        if self.metrics_port == self.port:
+            raise ValueError("APP_METRICS_PORT: must differ from APP_PORT, or be unset")
+        return self
+{%- endif %}
+
+
+{%- if cookiecutter.use_tracing %}
+
+
+class OtelEnvironment(BaseSettings):
+    """The standard OTEL_* variables the SDK reads, checked before the service starts.
+
+    The SDK would fail later with a traceback (a batch larger than the queue),
+    fall back to a default with a warning (a timeout of `2.5`), or quietly do
+    something else (a `console` or `grpc` exporter it does not have here).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", env_ignore_empty=True, extra="ignore")
+
+    traces_exporter: Literal["otlp", "none"] = "otlp"
+    # The exporter installed speaks OTLP over HTTP with protobuf bodies.
+    exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"
+    exporter_otlp_traces_protocol: Literal["http/protobuf"] = "http/protobuf"
+    exporter_otlp_endpoint: AnyHttpUrl | None = None
+    exporter_otlp_traces_endpoint: AnyHttpUrl | None = None
+    traces_sampler: str = "parentbased_always_on"
+    traces_sampler_arg: float | None = Field(default=None, ge=0, le=1)
+    propagators: str = "tracecontext"
+    # Integers, as the SDK parses them; milliseconds for the delay and the timeout.
+    bsp_max_queue_size: int = Field(default=2048, ge=1)
+    bsp_max_export_batch_size: int | None = Field(default=None, ge=1)
+    bsp_schedule_delay: int = Field(default=5000, ge=1)
+    bsp_export_timeout: int = Field(default=5000, ge=0)
+
+    @field_validator(
+        "traces_exporter", "exporter_otlp_protocol", "exporter_otlp_traces_protocol", mode="before"
+    )
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("propagators")
+    @classmethod
+    def _known_propagators(cls, value: str) -> str:
+        known = {entry.name for entry in entry_points(group="opentelemetry_propagator")}
+        for name in (part.strip() for part in value.split(",")):
+            if name not in known and name != "none":
+                raise ValueError(
+                    f"unknown propagator {name!r}; installed: {', '.join(sorted(known))}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _batch_fits_the_queue(self) -> "OtelEnvironment":
+        batch = self.bsp_max_export_batch_size
+        if batch is not None and batch > self.bsp_max_queue_size:
+            raise ValueError(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must not exceed OTEL_BSP_MAX_QUEUE_SIZE"
+            )
+        return self
+{%- endif %}
 
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def configuration_errors() -> list[str]:
+    """What is wrong with the environment's settings, one line per variable (empty: nothing).
+
+    Checked before the service starts, so that a bad value stops it with a line
+    naming the variable rather than a traceback. The lines never repeat the
+    value: it may be a secret, or a URL with credentials in it.
+    """
+    errors: list[str] = []
+{%- if cookiecutter.use_tracing %}
+    for model, prefix in ((Settings, "APP_"), (OtelEnvironment, "OTEL_")):
+        try:
+            model()
+        except ValidationError as error:
+            errors += [_describe(detail, prefix) for detail in error.errors()]
+{%- else %}
+    try:
+        Settings()
+    except ValidationError as error:
+        errors += [_describe(detail, "APP_") for detail in error.errors()]
+{%- endif %}
+    return errors
+
+
+def _describe(detail: ErrorDetails, prefix: str) -> str:
+    field = next((str(part) for part in detail["loc"] if isinstance(part, str)), "")
+    message = detail["msg"].removeprefix("Value error, ")
+    return f"{prefix}{field.upper()}: {message}" if field else message  # a check of several

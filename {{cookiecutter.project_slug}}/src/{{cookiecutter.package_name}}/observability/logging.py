@@ -57,13 +57,25 @@ class BufferedWriter:
         self._max_lines = max_lines
         self._interval = flush_interval
         self._lines: deque[bytes] = deque()
+        self._closed = False
+        self._start()
+        # A forked process (a gunicorn worker) inherits the buffer but not the thread.
+        os.register_at_fork(after_in_child=self._start_in_child)
+
+    def _start(self) -> None:
         self._dropped = 0
         self._wake = threading.Event()
-        self._closed = False
         self._drain_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
+
+    def _start_in_child(self) -> None:
+        # What the parent had buffered is the parent's to write; written here too, every
+        # such line would come out twice. The locks may have been held by the parent's thread.
+        self._lines.clear()
+        if not self._closed:
+            self._start()
 
     def write(self, line: bytes) -> None:
         if len(self._lines) >= self._max_lines:
@@ -259,16 +271,7 @@ class InterceptHandler(logging.Handler):
         )
 
 
-_writer: BufferedWriter | None = None
-
-
-def _forget_writer() -> None:
-    # A forked worker does not inherit the writer thread: it starts its own.
-    global _writer  # noqa: PLW0603
-    _writer = None
-
-
-os.register_at_fork(after_in_child=_forget_writer)
+_writer: BufferedWriter | None = None  # one per process, forked workers included
 
 
 def configure_logging(settings: Settings) -> None:
@@ -296,7 +299,14 @@ def configure_logging(settings: Settings) -> None:
 
         logger.add(sink, level=settings.log_level, format="{message}", catch=True, diagnose=False)
     else:
-        logger.add(sys.stderr, level=settings.log_level, colorize=True, diagnose=settings.debug)
+        # Colours only on a terminal: a console format piped to a file stays plain text.
+        logger.add(
+            sys.stderr,
+            level=settings.log_level,
+            format=_console_format,
+            colorize=None,
+            diagnose=settings.debug,
+        )
         _access_sink = None
 
     # The stdlib drops records under the threshold before building them. Level 0 would
@@ -313,6 +323,34 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).disabled = True
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logger.level(settings.log_level).no))
+
+
+_CONSOLE_FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
+    "<cyan>{name}:{function}:{line}</cyan> <level>{message}</level>"
+)
+
+
+def _console_format(record: "Record") -> str:
+    """One line for people: the message, then the request's ids and the bound fields."""
+    fields = {
+        key: value
+        for key, value in record["extra"].items()
+        if key != "logger" and value is not None
+    }
+    request_id = current_request_id()
+    if request_id is not None:
+        fields["request_id"] = request_id
+{%- if cookiecutter.use_tracing %}
+    ids = current_trace_ids()
+    if ids is not None:
+        fields["trace_id"] = ids[0]
+{%- endif %}
+    if not fields:
+        return _CONSOLE_FORMAT + "\n{exception}"
+    # Referenced by name, not pasted into the format: values may hold braces or markup.
+    record["extra"]["_console_fields"] = " ".join(f"{key}={value}" for key, value in fields.items())
+    return _CONSOLE_FORMAT + " <dim>{extra[_console_fields]}</dim>\n{exception}"
 
 
 def flush_logs() -> None:
@@ -333,6 +371,9 @@ def log_request(info: RequestInfo) -> None:
         _access_sink(info, level, logging.ERROR if info.status >= 500 else logging.INFO)
         return
     _access.opt(depth=1).bind(
+{%- if cookiecutter.use_tracing %}
+        trace_id=info.trace_id,  # the span has ended: it is no longer current
+{%- endif %}
         method=info.method,
         route=info.route,
         path=info.path,

@@ -51,7 +51,7 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -62,9 +62,10 @@ from ..settings import Settings
 from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
 
 # Bounds the span flush on shutdown{% if cookiecutter.use_dockerfile %}; the compose stop grace period is longer{% endif %}.
-_DEFAULT_EXPORT_TIMEOUT_MS = "5000"
-_DEFAULT_EXPORT_BATCH_SIZE = "64"
-_DEFAULT_ATTRIBUTE_VALUE_LENGTH = "4096"
+_DEFAULT_EXPORT_TIMEOUT_MS = 5000
+_DEFAULT_EXPORT_BATCH_SIZE = 64
+_DEFAULT_QUEUE_SIZE = 2048  # the SDK's
+_DEFAULT_ATTRIBUTE_VALUE_LENGTH = 4096
 # The SDK loggers that repeat themselves: export failures, once per retry of every
 # batch, and cut attribute values, once per request whose client sent a giant header.
 _REPEATING_LOGGERS = (
@@ -200,13 +201,6 @@ def setup_tracing(settings: Settings) -> TracerProvider:
     """
     global _provider  # noqa: PLW0603 - one provider per process
     if _provider is None:
-        os.environ.setdefault("OTEL_BSP_EXPORT_TIMEOUT", _DEFAULT_EXPORT_TIMEOUT_MS)
-        # The exporter encodes each batch in Python while holding the GIL: batches of
-        # 64 spans instead of the SDK's 512 cut the latency spikes this causes to a quarter.
-        os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _DEFAULT_EXPORT_BATCH_SIZE)
-        # The client writes the path, the query and the User-Agent: a megabyte header
-        # must not become a megabyte span in the trace backend.
-        os.environ.setdefault("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", _DEFAULT_ATTRIBUTE_VALUE_LENGTH)
         if "OTEL_PROPAGATORS" not in os.environ:
             # The trace context only: callers' baggage is not trusted (module docstring).
             propagate.set_global_textmap(TraceContextTextMapPropagator())
@@ -223,19 +217,52 @@ def setup_tracing(settings: Settings) -> TracerProvider:
                 "deployment.environment.name": settings.environment,
             }
         ).merge(OTELResourceDetector().detect())
-        _provider = TracerProvider(resource=resource)
+        # The client writes the path, the query and the User-Agent: a megabyte header
+        # must not become a megabyte span in the trace backend.
+        limits = SpanLimits(
+            max_attribute_length=_unless_set(
+                _DEFAULT_ATTRIBUTE_VALUE_LENGTH,
+                "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            )
+        )
+        _provider = TracerProvider(resource=resource, span_limits=limits)
         # OTEL_TRACES_EXPORTER=none: spans still get ids to correlate by, and go nowhere.
         if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() != "none":
             _rate_limit.start()
             exporter = BackgroundExporter(settings.span_export_nice)
             if exporter.nice:
                 sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
-            _provider.add_span_processor(BatchSpanProcessor(exporter))
+            _provider.add_span_processor(_batch_processor(exporter))
         if not isinstance(trace.get_tracer_provider(), TracerProvider):
             # The global provider can be set once per process; FastAPI and httpx get
             # theirs passed explicitly, this one serves `trace.get_tracer()` in app code.
             trace.set_tracer_provider(_provider)
     return _provider
+
+
+def _batch_processor(exporter: BackgroundExporter) -> BatchSpanProcessor:
+    """The SDK's batch processor, with the service's defaults where no OTEL_BSP_* says otherwise."""
+    # The exporter encodes each batch in Python while holding the GIL: batches of 64
+    # spans instead of the SDK's 512 cut the latency spikes this causes to a quarter
+    # (fewer if the queue is smaller: the SDK refuses a batch larger than its queue).
+    queue_size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip() or _DEFAULT_QUEUE_SIZE)
+    return BatchSpanProcessor(
+        exporter,
+        max_export_batch_size=_unless_set(
+            min(_DEFAULT_EXPORT_BATCH_SIZE, queue_size), "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+        ),
+        export_timeout_millis=_unless_set(_DEFAULT_EXPORT_TIMEOUT_MS, "OTEL_BSP_EXPORT_TIMEOUT"),
+    )
+
+
+def _unless_set(default: int, *variables: str) -> int | None:
+    """`default`, or None (the SDK reads the variable) when one of `variables` is set.
+
+    Passed as arguments, not written into the environment: processes the service
+    starts would inherit them, and the validation of their own variables with it.
+    """
+    return None if any(os.environ.get(name, "").strip() for name in variables) else default
 
 
 def current_trace_ids() -> TraceIds | None:
@@ -403,10 +430,11 @@ def instrument_client(client: httpx.AsyncClient, provider: TracerProvider) -> No
 
 
 def _export_timeout_seconds() -> float:
+    value = os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip() or _DEFAULT_EXPORT_TIMEOUT_MS
     try:
-        return float(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", _DEFAULT_EXPORT_TIMEOUT_MS)) / 1000
-    except ValueError:
-        return float(_DEFAULT_EXPORT_TIMEOUT_MS) / 1000
+        return float(value) / 1000
+    except ValueError:  # refused at start (settings.py); here for an app built in-process
+        return _DEFAULT_EXPORT_TIMEOUT_MS / 1000
 
 
 def shutdown_tracing() -> None:

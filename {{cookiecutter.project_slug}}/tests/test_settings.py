@@ -1,0 +1,149 @@
+"""Settings from the environment: a bad value stops the start with one line naming it."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from conftest import TESTS_DIR, StartServer
+from {{ cookiecutter.package_name }}.settings import configuration_errors
+
+# (variable, value, what the error line says after "invalid setting VARIABLE: ")
+BAD_VALUES = [
+    ("APP_PORT", "abc", "valid integer"),
+    # Kubernetes injects APP_PORT=tcp://... for a Service named "app" (enableServiceLinks).
+    ("APP_PORT", "tcp://10.96.0.12:{{ cookiecutter.port }}", "valid integer"),
+    ("APP_PORT", "70000", "less than or equal to 65535"),
+    ("APP_WORKERS", "0", "greater than or equal to 1"),
+    ("APP_GRACEFUL_TIMEOUT_SECONDS", "-1", "greater than 0"),
+    ("APP_DOWNSTREAM_URL", "https://svc:s3cr3t-pass@example.com:99999/x", "URL"),
+    ("APP_DEBUG", "maybe", "valid boolean"),
+{%- if cookiecutter.use_json_logging %}
+    ("APP_LOG_LEVEL", "verbose", "'INFO'"),
+    ("APP_LOG_FORMAT", "xml", "'json' or 'console'"),
+{%- endif %}
+{%- if cookiecutter.use_metrics %}
+    ("APP_METRICS_PORT", "{{ cookiecutter.port }}", "must differ from APP_PORT"),
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+    ("OTEL_TRACES_EXPORTER", "console", "'otlp' or 'none'"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "'http/protobuf'"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "URL"),
+    ("OTEL_TRACES_SAMPLER_ARG", "2", "less than or equal to 1"),
+    ("OTEL_PROPAGATORS", "tracecontext,b3", "unknown propagator 'b3'"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "greater than or equal to 1"),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096", "must not exceed OTEL_BSP_MAX_QUEUE_SIZE"),
+    ("OTEL_BSP_EXPORT_TIMEOUT", "2.5", "valid integer"),
+{%- endif %}
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), BAD_VALUES)
+def test_a_bad_value_stops_the_start_with_one_line(variable: str, value: str, says: str) -> None:
+    env = {**os.environ, "APP_HOST": "127.0.0.1", variable: value}
+    if variable != "APP_PORT":
+        env["APP_PORT"] = "{{ cookiecutter.port }}"
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}"],
+        cwd=TESTS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"invalid setting {variable}: "), line
+    assert says in line, line
+    assert value not in line or value.isdigit(), "the value may be a secret: never repeated"
+    assert result.stdout == ""
+
+
+def test_nothing_is_wrong_with_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("APP_", "OTEL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(TESTS_DIR)  # no .env
+    assert configuration_errors() == []
+{%- if cookiecutter.use_json_logging %}
+
+
+def test_the_log_level_ignores_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(TESTS_DIR)
+    monkeypatch.setenv("APP_LOG_LEVEL", "warning")
+    assert configuration_errors() == []
+{%- endif %}
+
+
+def test_web_concurrency_does_not_start_workers_of_its_own(start_server: StartServer) -> None:
+    # Platforms and buildpacks set it; APP_WORKERS alone decides.
+    server = start_server({"WEB_CONCURRENCY": "2"})
+    assert httpx.get(f"{server.url}/api/items/1").status_code == 200
+    assert server.stop() == 0
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 on this host")
+def test_an_ipv6_host_is_served_by_several_workers(start_server: StartServer) -> None:
+    # gunicorn's "::" also takes the IPv4 connections of the fixture's readiness check.
+    server = start_server({"APP_HOST": "::", "APP_WORKERS": "2"})
+    url = f"http://[::1]:{server.port}/api/items/1"
+    assert httpx.get(url).status_code == 200
+    assert server.stop() == 0
+
+
+@pytest.fixture
+def slow_downstream() -> Iterator[str]:
+    """A downstream service answering after 0.6 s."""
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(0.6)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_fractional_grace_period_is_not_cut_to_zero(
+    start_server: StartServer, slow_downstream: str
+) -> None:
+    server = start_server(
+        {"APP_GRACEFUL_TIMEOUT_SECONDS": "0.9", "APP_DOWNSTREAM_URL": slow_downstream}
+    )
+    result: list[int] = []
+    request = threading.Thread(
+        target=lambda: result.append(httpx.get(f"{server.url}/api/downstream").status_code)
+    )
+    request.start()
+    time.sleep(0.2)  # in flight, waiting on the downstream service
+    assert server.stop() == 0
+    request.join(5)
+    assert result == [200], "the request in flight finished within the grace period"
