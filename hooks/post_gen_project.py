@@ -53,8 +53,8 @@ def load_manifest(project: Path) -> dict[str, Any]:
                 f"{MANIFEST}: feature {name!r} has unknown keys {', '.join(unknown)} (expected {', '.join(RULE_KEYS)})"
             )
         for key in ("when", "when_any"):
-            toggles = rule.get(key, [])
-            if not isinstance(toggles, list) or not all(isinstance(t, str) and t for t in toggles):
+            toggles = rule.get(key, ["-"])
+            if not isinstance(toggles, list) or not toggles or not all(isinstance(t, str) and t for t in toggles):
                 raise ManifestError(f"{MANIFEST}: feature {name!r}: {key!r} must be a list of toggle names")
     return manifest
 

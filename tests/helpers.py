@@ -33,7 +33,7 @@ PULL_IMAGES = os.environ.get("PULL_IMAGES") == "1"
 def _uv_image() -> str:
     """The uv image the generated Dockerfile copies its binary from (test_workflow checks the other pins)."""
     dockerfile = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "Dockerfile").read_text(encoding="utf-8")
-    match = re.search(r"--from=(ghcr\.io/astral-sh/uv:\S+)", dockerfile)
+    match = re.search(r"^COPY --from=(ghcr\.io/astral-sh/uv:\S+) ", dockerfile, re.MULTILINE)
     assert match, "the Dockerfile copies uv from no pinned image"
     return match[1]
 

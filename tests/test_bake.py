@@ -139,7 +139,8 @@ def test_files_match_the_manifest(baked: tuple[dict[str, bool], Path]) -> None:
     raw = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / post.MANIFEST).read_text()
     # Rendered as the template renders it, whatever spacing a path's {{ }} has.
     (package,) = [path.name for path in (project / "src").iterdir()]
-    rendered = jinja2.Environment(autoescape=False).from_string(raw).render(cookiecutter={"package_name": package})
+    environment = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
+    rendered = environment.from_string(raw).render(cookiecutter={**toggles, "package_name": package})
     manifest = yaml.safe_load(rendered)
     assert not (project / post.MANIFEST).exists()
     for name, rule in manifest["features"].items():

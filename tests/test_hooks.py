@@ -756,8 +756,9 @@ def test_load_manifest_refuses_a_feature_without_paths(tmp_path: Path, rule: str
         ("    when_all: [a]\n", "has unknown keys when_all"),
         ("    when: a\n", "'when' must be a list of toggle names"),
         ("    when_any: [a, 5]\n", "'when_any' must be a list of toggle names"),
+        ("    when_any: []\n", "'when_any' must be a list of toggle names"),
     ],
-    ids=["misspelt", "invented", "not-a-list", "not-a-name"],
+    ids=["misspelt", "invented", "not-a-list", "not-a-name", "empty"],
 )
 def test_load_manifest_refuses_a_condition_it_would_not_apply(tmp_path: Path, rule: str, message: str) -> None:
     (tmp_path / post.MANIFEST).write_text("features:\n  odd:\n    paths: [x]\n" + rule)

@@ -213,3 +213,7 @@ def test_uv_is_pinned_to_one_version_everywhere() -> None:
     }
     pins = {name: re.search(pattern, path.read_text(encoding="utf-8")) for name, (path, pattern) in sources.items()}
     assert {name: match and match[1] for name, match in pins.items()} == dict.fromkeys(pins, version)
+    upper = re.search(r'"uv_build>=[^,]+,<([^"]+)"', (project / "pyproject.toml").read_text(encoding="utf-8"))
+    assert upper, "the build backend's range has an upper bound"
+    as_tuple = [tuple(int(part) for part in v.split(".")) for v in (version, upper[1])]
+    assert as_tuple[0] < as_tuple[1], f"uv {version} is outside the build backend's range (<{upper[1]})"
