@@ -8,6 +8,7 @@ import logging
 
 from fastapi import BackgroundTasks, FastAPI
 
+from {{ cookiecutter.package_name }}.errors import install_error_handlers
 from {{ cookiecutter.package_name }}.main import create_app
 
 logger = logging.getLogger("extended_app")
@@ -41,5 +42,10 @@ def create() -> FastAPI:
         logger.warning("widget %d served", widget_id)
         return {"id": widget_id}
 
+    @v2.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("the mounted app failed")
+
+    install_error_handlers(v2, debug=False)  # as the README says
     app.mount("/v2", v2)
     return app

@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -81,14 +82,19 @@ def test_a_structured_http_exception_detail_reaches_the_client(
 
     @app.get("/api/orders/{order_id}")
     async def order(order_id: int) -> None:
-        raise HTTPException(status, detail={"code": "order_conflict", "order": order_id})
+        since = datetime(2026, 1, 31, tzinfo=UTC)  # encoded as FastAPI encodes a response
+        raise HTTPException(status, detail={"code": "conflict", "order": order_id, "since": since})
 
     with TestClient(app) as client:
         response = client.get("/api/orders/7")
     assert response.status_code == status
     error = assert_error(response.json(), status)
     assert error["message"] == message
-    assert error["details"] == {"code": "order_conflict", "order": 7}
+    assert error["details"] == {
+        "code": "conflict",
+        "order": 7,
+        "since": "2026-01-31T00:00:00+00:00",
+    }
 
 
 def test_not_found_uses_the_error_format(client: TestClient) -> None:

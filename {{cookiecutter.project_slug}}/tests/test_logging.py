@@ -83,7 +83,10 @@ def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> No
 def test_forked_workers_write_each_line_once_and_at_once(start_server: StartServer) -> None:
     server = start_server({**JSON_ENV, "APP_WORKERS": "2"})
     # Logged by each worker as it starts: written then, not held until the worker exits.
-    wait_for(server.lines, lambda r: r["message"].startswith("Booting worker"), timeout=10)
+    deadline = time.monotonic() + 20
+    while sum("Application startup complete" in line for line in server.lines) < 2:
+        assert time.monotonic() < deadline, "\n".join(server.lines)
+        time.sleep(0.1)
     assert server.stop() == 0
     records = parse_lines(server.lines)
     booted = [r for r in records if r["message"].startswith("Booting worker")]
@@ -97,13 +100,19 @@ def test_forked_workers_write_each_line_once_and_at_once(start_server: StartServ
 def test_the_console_format_keeps_the_ids_and_fields_without_colours(
     start_server: StartServer,
 ) -> None:
-    server = start_server({"APP_LOG_FORMAT": "console"})
+    # Even where loguru would colour a pipe (CI=true, as on GitHub Actions).
+    server = start_server({"APP_LOG_FORMAT": "console", "CI": "true", "GITHUB_ACTIONS": "true"})
     httpx.get(f"{server.url}/api/items/7", headers={"X-Request-ID": "req-console"})
+    # A path that would forge a line and colour the terminal, were it printed raw.
+    httpx.get(f"{server.url}/api/items/%0A00:00:00.000%20ERROR%20forged%1B%5B31m")
     assert server.stop() == 0
     (access,) = [line for line in server.lines if "GET /api/items/{item_id} 200" in line]
     for field in ("request_id=req-console", "path=/api/items/7", "status=200", "duration_ms="):
         assert field in access, access
-    assert "\x1b[" not in "\n".join(server.lines), "no colour codes when not on a terminal"
+    output = "\n".join(server.lines)
+    assert "\x1b" not in output, "no colour codes when not on a terminal, nor a client's escapes"
+    assert not any(line.startswith("00:00:00.000 ERROR") for line in server.lines), output
+    assert "path=/api/items/\\n00:00:00.000 ERROR forged\\x1b[31m" in output
 
 
 def test_errors_carry_the_exception(start_server: StartServer) -> None:

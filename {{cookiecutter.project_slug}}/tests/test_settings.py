@@ -40,14 +40,15 @@ BAD_VALUES = [
     ("OTEL_PROPAGATORS", "tracecontext,b3", "unknown propagator 'b3'"),
     ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "greater than or equal to 1"),
     ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096", "must not exceed OTEL_BSP_MAX_QUEUE_SIZE"),
-    ("OTEL_BSP_EXPORT_TIMEOUT", "2.5", "valid integer"),
+    ("OTEL_BSP_EXPORT_TIMEOUT", "2.5", "whole number"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "64.0", "whole number"),
 {%- endif %}
 ]
 
 
 @pytest.mark.parametrize(("variable", "value", "says"), BAD_VALUES)
 def test_a_bad_value_stops_the_start_with_one_line(variable: str, value: str, says: str) -> None:
-    env = {**os.environ, "APP_HOST": "127.0.0.1", variable: value}
+    env = {**os.environ, "APP_HOST": "127.0.0.1", "OTEL_SDK_DISABLED": "false", variable: value}
     if variable != "APP_PORT":
         env["APP_PORT"] = "{{ cookiecutter.port }}"
     result = subprocess.run(
@@ -63,8 +64,22 @@ def test_a_bad_value_stops_the_start_with_one_line(variable: str, value: str, sa
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"invalid setting {variable}: "), line
     assert says in line, line
-    assert value not in line or value.isdigit(), "the value may be a secret: never repeated"
+    if not value.replace(".", "").isdigit():
+        assert value not in line, "the value is never repeated: it may be a secret"
     assert result.stdout == ""
+{%- if cookiecutter.use_tracing %}
+
+
+def test_with_the_sdk_off_the_otel_variables_are_not_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(TESTS_DIR)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # set by a platform, say
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert configuration_errors() == []
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
+    assert configuration_errors() != []
+{%- endif %}
 
 
 def test_nothing_is_wrong_with_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,11 +124,13 @@ def test_an_ipv6_host_is_served_by_several_workers(start_server: StartServer) ->
 
 
 @pytest.fixture
-def slow_downstream() -> Iterator[str]:
-    """A downstream service answering after 0.6 s."""
+def slow_downstream() -> Iterator[tuple[str, threading.Event]]:
+    """A downstream service answering 0.6 s after a request, which sets the event."""
+    called = threading.Event()
 
     class Slow(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            called.set()
             time.sleep(0.6)
             self.send_response(200)
             self.send_header("Content-Length", "2")
@@ -126,24 +143,23 @@ def slow_downstream() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", called
     finally:
         httpd.shutdown()
         httpd.server_close()
 
 
 def test_a_fractional_grace_period_is_not_cut_to_zero(
-    start_server: StartServer, slow_downstream: str
+    start_server: StartServer, slow_downstream: tuple[str, threading.Event]
 ) -> None:
-    server = start_server(
-        {"APP_GRACEFUL_TIMEOUT_SECONDS": "0.9", "APP_DOWNSTREAM_URL": slow_downstream}
-    )
+    url, called = slow_downstream
+    server = start_server({"APP_GRACEFUL_TIMEOUT_SECONDS": "0.9", "APP_DOWNSTREAM_URL": url})
     result: list[int] = []
     request = threading.Thread(
         target=lambda: result.append(httpx.get(f"{server.url}/api/downstream").status_code)
     )
     request.start()
-    time.sleep(0.2)  # in flight, waiting on the downstream service
+    assert called.wait(10), "the request reached the downstream service"  # now in flight
     assert server.stop() == 0
     request.join(5)
     assert result == [200], "the request in flight finished within the grace period"

@@ -175,7 +175,7 @@ class MultiWorkerServer(BaseApplication):
         options: dict[str, Any] = {
             # An IPv6 address in brackets: gunicorn splits host and port at the last colon.
             "bind": f"[{settings.host}]:{settings.port}"
-            if ":" in settings.host
+            if ":" in settings.host and not settings.host.startswith("[")
             else f"{settings.host}:{settings.port}",
             "workers": settings.workers,
             "worker_class": Worker,

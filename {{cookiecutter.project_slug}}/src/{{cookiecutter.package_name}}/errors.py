@@ -23,6 +23,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -81,8 +82,9 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     if isinstance(exc.detail, str):
         return error_response(request, exc.status_code, exc.detail, headers=exc.headers)
     # A structured detail (`HTTPException(409, detail={"code": ...})`) is for the client.
+    details = jsonable_encoder(exc.detail)
     return error_response(
-        request, exc.status_code, _phrase(exc.status_code), details=exc.detail, headers=exc.headers
+        request, exc.status_code, _phrase(exc.status_code), details=details, headers=exc.headers
     )
 
 

@@ -8,6 +8,9 @@ so that operators can use what they already know from other services.
 """Every setting of the service, read from the environment (prefix ``APP_``)."""
 {%- endif %}
 
+{% if cookiecutter.use_tracing -%}
+import os
+{% endif -%}
 from functools import lru_cache
 {%- if cookiecutter.use_tracing %}
 from importlib.metadata import entry_points
@@ -139,11 +142,25 @@ class OtelEnvironment(BaseSettings):
     traces_sampler: str = "parentbased_always_on"
     traces_sampler_arg: float | None = Field(default=None, ge=0, le=1)
     propagators: str = "tracecontext"
-    # Integers, as the SDK parses them; milliseconds for the delay and the timeout.
+    # Whole numbers, as the SDK parses them; milliseconds for the delay and the timeout.
     bsp_max_queue_size: int = Field(default=2048, ge=1)
     bsp_max_export_batch_size: int | None = Field(default=None, ge=1)
     bsp_schedule_delay: int = Field(default=5000, ge=1)
     bsp_export_timeout: int = Field(default=5000, ge=0)
+
+    @field_validator(
+        "bsp_max_queue_size",
+        "bsp_max_export_batch_size",
+        "bsp_schedule_delay",
+        "bsp_export_timeout",
+        mode="before",
+    )
+    @classmethod
+    def _whole_number(cls, value: object) -> object:
+        # Stricter than pydantic's own int, which takes "64.0": the SDK's int() does not.
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            raise ValueError("must be a whole number")
+        return value
 
     @field_validator(
         "traces_exporter", "exporter_otlp_protocol", "exporter_otlp_traces_protocol", mode="before"
@@ -157,7 +174,7 @@ class OtelEnvironment(BaseSettings):
     def _known_propagators(cls, value: str) -> str:
         known = {entry.name for entry in entry_points(group="opentelemetry_propagator")}
         for name in (part.strip() for part in value.split(",")):
-            if name not in known and name != "none":
+            if name not in known and name.lower() != "none":
                 raise ValueError(
                     f"unknown propagator {name!r}; installed: {', '.join(sorted(known))}"
                 )
@@ -188,7 +205,9 @@ def configuration_errors() -> list[str]:
     """
     errors: list[str] = []
 {%- if cookiecutter.use_tracing %}
-    for model, prefix in ((Settings, "APP_"), (OtelEnvironment, "OTEL_")):
+    # With the SDK off, nothing reads the OTEL_* variables a platform may have set.
+    sdk_off = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    for model, prefix in ((Settings, "APP_"), (OtelEnvironment, "OTEL_"))[: 1 if sdk_off else 2]:
         try:
             model()
         except ValidationError as error:

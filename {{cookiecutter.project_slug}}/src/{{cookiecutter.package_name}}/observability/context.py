@@ -252,8 +252,7 @@ class RequestContextMiddleware:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.setdefault("headers", [])
-                headers.append((_REQUEST_ID_HEADER, request_id.encode()))
+                _add_request_id(message, request_id)
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 sent = perf_counter()
@@ -323,8 +322,7 @@ async def _pass_through(
     async def send_with_id(message: Message) -> None:
         nonlocal sent
         if message["type"] == "http.response.start":
-            headers = message.setdefault("headers", [])
-            headers.append((_REQUEST_ID_HEADER, request_id.encode()))
+            _add_request_id(message, request_id)
         await send(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             sent = True
@@ -335,6 +333,13 @@ async def _pass_through(
         if not sent:
             raise
         _log_after_response(exc)
+
+
+def _add_request_id(start: Message, request_id: str) -> None:
+    """Add `X-Request-ID` to a response's headers, unless a mounted app's 500 has it (errors.py)."""
+    headers = start.setdefault("headers", [])
+    if start["status"] < 500 or all(name.lower() != _REQUEST_ID_HEADER for name, _ in headers):
+        headers.append((_REQUEST_ID_HEADER, request_id.encode()))
 
 
 def _log_after_response(exc: Exception) -> None:

@@ -299,12 +299,12 @@ def configure_logging(settings: Settings) -> None:
 
         logger.add(sink, level=settings.log_level, format="{message}", catch=True, diagnose=False)
     else:
-        # Colours only on a terminal: a console format piped to a file stays plain text.
+        # Colours only on a terminal (loguru would also colour on CI): piped, plain text.
         logger.add(
             sys.stderr,
             level=settings.log_level,
-            format=_console_format,
-            colorize=None,
+            format=_console_format(settings.log_max_value_length),
+            colorize=sys.stderr.isatty(),
             diagnose=settings.debug,
         )
         _access_sink = None
@@ -331,26 +331,38 @@ _CONSOLE_FORMAT = (
 )
 
 
-def _console_format(record: "Record") -> str:
+def _console_format(max_length: int) -> Callable[["Record"], str]:
     """One line for people: the message, then the request's ids and the bound fields."""
-    fields = {
-        key: value
-        for key, value in record["extra"].items()
-        if key != "logger" and value is not None
-    }
-    request_id = current_request_id()
-    if request_id is not None:
-        fields["request_id"] = request_id
+
+    def shown(value: object) -> str:
+        # A client writes the path and the User-Agent: no newline or terminal escape of theirs
+        # may forge a line or drive the terminal.
+        text = str(value)[:max_length]
+        return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+    def console_format(record: "Record") -> str:
+        fields = {
+            key: value
+            for key, value in record["extra"].items()
+            if key != "logger" and value is not None
+        }
+        request_id = current_request_id()
+        if request_id is not None:
+            fields["request_id"] = request_id
 {%- if cookiecutter.use_tracing %}
-    ids = current_trace_ids()
-    if ids is not None:
-        fields["trace_id"] = ids[0]
+        ids = current_trace_ids()
+        if ids is not None:
+            fields["trace_id"] = ids[0]
 {%- endif %}
-    if not fields:
-        return _CONSOLE_FORMAT + "\n{exception}"
-    # Referenced by name, not pasted into the format: values may hold braces or markup.
-    record["extra"]["_console_fields"] = " ".join(f"{key}={value}" for key, value in fields.items())
-    return _CONSOLE_FORMAT + " <dim>{extra[_console_fields]}</dim>\n{exception}"
+        if not fields:
+            return _CONSOLE_FORMAT + "\n{exception}"
+        # Referenced by name, not pasted into the format: values may hold braces or markup.
+        record["extra"]["_console_fields"] = " ".join(
+            f"{key}={shown(value)}" for key, value in fields.items()
+        )
+        return _CONSOLE_FORMAT + " <dim>{extra[_console_fields]}</dim>\n{exception}"
+
+    return console_format
 
 
 def flush_logs() -> None:

@@ -220,10 +220,9 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         # The client writes the path, the query and the User-Agent: a megabyte header
         # must not become a megabyte span in the trace backend.
         limits = SpanLimits(
+            # OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, read by the SDK, still wins for spans.
             max_attribute_length=_unless_set(
-                _DEFAULT_ATTRIBUTE_VALUE_LENGTH,
-                "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-                "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                _DEFAULT_ATTRIBUTE_VALUE_LENGTH, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"
             )
         )
         _provider = TracerProvider(resource=resource, span_limits=limits)
@@ -246,7 +245,10 @@ def _batch_processor(exporter: BackgroundExporter) -> BatchSpanProcessor:
     # The exporter encodes each batch in Python while holding the GIL: batches of 64
     # spans instead of the SDK's 512 cut the latency spikes this causes to a quarter
     # (fewer if the queue is smaller: the SDK refuses a batch larger than its queue).
-    queue_size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip() or _DEFAULT_QUEUE_SIZE)
+    try:
+        queue_size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or _DEFAULT_QUEUE_SIZE)
+    except ValueError:  # refused at start (settings.py); the SDK warns and uses its default
+        queue_size = _DEFAULT_QUEUE_SIZE
     return BatchSpanProcessor(
         exporter,
         max_export_batch_size=_unless_set(
@@ -256,13 +258,13 @@ def _batch_processor(exporter: BackgroundExporter) -> BatchSpanProcessor:
     )
 
 
-def _unless_set(default: int, *variables: str) -> int | None:
-    """`default`, or None (the SDK reads the variable) when one of `variables` is set.
+def _unless_set(default: int, variable: str) -> int | None:
+    """`default`, or None (the SDK reads the variable) when `variable` is set.
 
     Passed as arguments, not written into the environment: processes the service
     starts would inherit them, and the validation of their own variables with it.
     """
-    return None if any(os.environ.get(name, "").strip() for name in variables) else default
+    return None if os.environ.get(variable, "").strip() else default
 
 
 def current_trace_ids() -> TraceIds | None:
@@ -331,7 +333,7 @@ class ServerSpans:
                     span.set_attribute("error.type", error_type)
                     span.set_status(StatusCode.ERROR)
             # Ends with the response: what runs after it (background tasks) is off the clock.
-            span.end(time.time_ns() - round(finished_ago * 1e9))
+            span.end(time.time_ns() - round(finished_ago * 1e9) if finished_ago > 1e-4 else None)
             if not keep_current:
                 otel_context.detach(token)
         if not span_context.is_valid:
