@@ -8,6 +8,7 @@ untested tier.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,23 @@ SHARED_TOOLS = TEMPLATE_DIR.parent / "shared" / "tools"
 # Set where a registry is reachable (the template's GitHub workflow): the real
 # images are pulled instead of building local stand-ins.
 PULL_IMAGES = os.environ.get("PULL_IMAGES") == "1"
+
+
+def _default_answers() -> dict[str, Any]:
+    """cookiecutter.json's defaults as cookiecutter renders them (the slug from the name, ...).
+
+    Tests compare with these, not with "my-service": a fork that changes a default keeps its tests.
+    """
+    from cookiecutter.prompt import prompt_for_config
+
+    raw = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text(encoding="utf-8"))
+    return dict(prompt_for_config({"cookiecutter": raw}, no_input=True))
+
+
+DEFAULT_ANSWERS = _default_answers()
+DEFAULT_SLUG: str = DEFAULT_ANSWERS["project_slug"]
+DEFAULT_PACKAGE: str = DEFAULT_ANSWERS["package_name"]
+DEFAULT_PYTHON: str = DEFAULT_ANSWERS["python_version"]
 
 
 def _uv_image() -> str:

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from helpers import find_python, lock_project, require_executable, run, uv_env
+from helpers import DEFAULT_PYTHON, find_python, lock_project, require_executable, run, uv_env
 from osv_service import OsvService, advisory
 
 pytestmark = pytest.mark.generated
 
-PYTHON_VERSION = "3.13"
+PYTHON_VERSION = DEFAULT_PYTHON
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,16 @@ from typing import Any
 
 import pytest
 
-from helpers import DOCKER, build_app_image, docker, require_docker
+from helpers import (
+    DEFAULT_ANSWERS,
+    DEFAULT_PACKAGE,
+    DEFAULT_PYTHON,
+    DEFAULT_SLUG,
+    DOCKER,
+    build_app_image,
+    docker,
+    require_docker,
+)
 from helpers import build_standins as _build_standins
 from helpers import docker_env as _env
 from helpers import lock_project as _lock
@@ -72,14 +81,14 @@ class Image:
 
     @property
     def package(self) -> str:
-        return str(self.answers.get("package_name", "my_service"))
+        return str(self.answers.get("package_name", DEFAULT_PACKAGE))
 
     @property
     def port(self) -> int:
-        return int(self.answers.get("port", "8000"))
+        return int(self.answers.get("port", DEFAULT_ANSWERS["port"]))
 
     def on(self, toggle: str) -> bool:
-        return bool(self.answers.get(toggle, True))
+        return bool(self.answers.get(toggle, DEFAULT_ANSWERS[toggle]))
 
 
 @pytest.fixture(scope="session", params=list(BAKES))
@@ -90,7 +99,7 @@ def image(request: pytest.FixtureRequest, bake_once: Any, tmp_path_factory: pyte
     # A copy, so that locking it leaves the shared bake as generated.
     project = tmp_path_factory.mktemp(f"image-{request.param}") / "project"
     shutil.copytree(bake_once(**answers), project)
-    python_version = str(answers.get("python_version", "3.13"))
+    python_version = str(answers.get("python_version", DEFAULT_PYTHON))
     base = f"python:{python_version}-slim"
 
     tag = f"tmpl-test-{request.param}-{uuid.uuid4().hex[:8]}:test"
@@ -98,7 +107,7 @@ def image(request: pytest.FixtureRequest, bake_once: Any, tmp_path_factory: pyte
         "VERSION": "0.1.0",
         "GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567",
         "CREATED": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "SOURCE": "https://example.invalid/acme/my-service",
+        "SOURCE": f"https://example.invalid/acme/{DEFAULT_SLUG}",
     }
     elapsed = build_app_image(project, python_version, tag, labels)
     print(f"[{request.param}] image built in {elapsed:.1f} s")
@@ -306,9 +315,9 @@ def test_build_context_excludes_secrets_and_clutter(bake_once: Any, tmp_path: Pa
     require_docker()
     project = tmp_path / "project"
     shutil.copytree(bake_once(), project)
-    _lock(project, "3.13")  # as the Makefile does before any build
-    base = "python:3.13-slim"
-    package = project / "src" / "my_service"
+    _lock(project, DEFAULT_PYTHON)  # as the Makefile does before any build
+    base = f"python:{DEFAULT_PYTHON}-slim"
+    package = project / "src" / DEFAULT_PACKAGE
     for decoy in (
         project / ".git" / "config",
         project / ".venv" / "bin" / "python",

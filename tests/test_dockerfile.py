@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from helpers import require_executable
+from helpers import DEFAULT_ANSWERS, DEFAULT_PACKAGE, DEFAULT_PYTHON, require_executable
 
 pytestmark = pytest.mark.fast
 
@@ -49,8 +49,8 @@ def test_dockerfile_follows_the_answers(bake_once: Any, variant: str) -> None:
     answers = VARIANTS[variant]
     project = bake_once(**answers)
     text = (project / "Dockerfile").read_text()
-    python_version = answers.get("python_version", "3.13")
-    port = answers.get("port", "8000")
+    python_version = answers.get("python_version", DEFAULT_PYTHON)
+    port = answers.get("port", DEFAULT_ANSWERS["port"])
 
     assert "{{" not in text and "{%" not in text
     assert not text.startswith("# syntax="), "a syntax directive would pull a frontend image"
@@ -61,7 +61,7 @@ def test_dockerfile_follows_the_answers(bake_once: Any, variant: str) -> None:
     assert "UV_COMPILE_BYTECODE=1" in text
     assert f"EXPOSE {port}\n" in text and f"APP_PORT={port}" in text
     assert re.search(r"^USER 10001:10001$", text, re.M)
-    assert 'ENTRYPOINT ["python", "-m", "my_service"]' in text
+    assert f'ENTRYPOINT ["python", "-m", "{answers.get("package_name", DEFAULT_PACKAGE)}"]' in text
     assert "curl" not in text.split("HEALTHCHECK", 1)[1].split("\n\n", 1)[0]
     if answers.get("license") == "Proprietary":
         assert "image.licenses" not in text

@@ -40,7 +40,7 @@ from cookiecutter.utils import create_env_with_context
 from jinja2.exceptions import UndefinedError
 
 from combinations import ALL_OFF, TOGGLES
-from helpers import TEMPLATE_DIR, unowned_files
+from helpers import DEFAULT_ANSWERS, DEFAULT_PACKAGE, DEFAULT_SLUG, TEMPLATE_DIR, unowned_files
 
 pytestmark = pytest.mark.fast
 
@@ -344,7 +344,7 @@ def test_no_rendered_hook_is_left_in_the_temp_folder(tmp_path: Path, answers: li
     )
     assert (result.returncode != 0) == refused, result.stderr
     assert sorted(temp.iterdir()) == []
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ([] if refused else ["my-service"])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ([] if refused else [DEFAULT_SLUG])
 
 
 # Answers cookiecutter itself refuses before the hook runs: choices are checked against cookiecutter.json, and an
@@ -499,7 +499,7 @@ def test_odd_text_comes_out_verbatim(bake: Any, text: str) -> None:
 def test_non_ascii_author_and_description(bake: Any) -> None:
     answers = {**ODD_IDS, "author_name": "José Müller", "description": "Ünïcödé — déjà vu, 日本語"}
     project = bake(**answers)
-    _assert_text_is_data(project, "My Service", answers["description"], answers["author_name"])
+    _assert_text_is_data(project, DEFAULT_ANSWERS["project_name"], answers["description"], answers["author_name"])
 
 
 @pytest.mark.parametrize(
@@ -537,7 +537,7 @@ def test_emoji_works_or_is_refused_clearly(
     got = pyproject["description"] if field == "description" else pyproject["authors"][0]["name"]
     assert got == OUTSIDE_BMP
     if field == "description":
-        assert settings_defaults(project / "src/my_service/settings.py")["description"] == OUTSIDE_BMP
+        assert settings_defaults(project / "src" / DEFAULT_PACKAGE / "settings.py")["description"] == OUTSIDE_BMP
 
 
 @pytest.mark.xfail(
@@ -925,8 +925,9 @@ def test_generating_again_over_a_project_keeps_its_files_and_secrets(tmp_path: P
     """`cookiecutter -f` over an existing project: files the template does not have (the lock,
     new code) stay, .env keeps the secrets in use, and the new answers apply."""
     cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(tmp_path))
-    project = tmp_path / "my-service"
-    write_tree(project, {"uv.lock": "version = 1\n", "src/my_service/orders.py": "ORDERS = []\n"})
+    project = tmp_path / DEFAULT_SLUG
+    orders = f"src/{DEFAULT_PACKAGE}/orders.py"
+    write_tree(project, {"uv.lock": "version = 1\n", orders: "ORDERS = []\n"})
     secrets_before = (project / ".env").read_text()
     assert not (project / "observability/prometheus/rules/containers.yml").exists()
 
@@ -938,7 +939,7 @@ def test_generating_again_over_a_project_keeps_its_files_and_secrets(tmp_path: P
         extra_context={"use_cadvisor": True},
     )
     assert (project / "uv.lock").read_text() == "version = 1\n"
-    assert (project / "src/my_service/orders.py").exists()
+    assert (project / orders).exists()
     assert (project / ".env").read_text() == secrets_before
     assert (project / "observability/prometheus/rules/containers.yml").exists()
 

@@ -37,6 +37,7 @@ import yaml
 
 from helpers import (
     APP_METRICS,
+    DEFAULT_SLUG,
     build_app_image,
     build_standins,
     docker,
@@ -52,7 +53,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("docker")]
 STACK_DIR = Path(__file__).resolve().parent / "stack"
 OVERRIDE = STACK_DIR / "compose.test.yaml"
 PROFILES = ("prometheus", "alertmanager")
-SERVICE = "my-service"
+SERVICE = DEFAULT_SLUG
 APP_PORT = 8000
 ROUTE = "/api/items/{item_id}"
 # Test values for the shipped configuration (the shipped files keep theirs).

@@ -21,7 +21,17 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import APP_METRICS, TEMPLATE_DIR, require_executable, require_image, run, runbook_queries, unavailable
+from helpers import (
+    APP_METRICS,
+    DEFAULT_PACKAGE,
+    DEFAULT_SLUG,
+    TEMPLATE_DIR,
+    require_executable,
+    require_image,
+    run,
+    runbook_queries,
+    unavailable,
+)
 
 
 def _pinned_image(name: str) -> str:
@@ -228,7 +238,7 @@ def test_compose_config_resolves_with_the_expected_services(baked: Any, combo: s
     # .env (written by the post-gen hook) selects every backend of the project.
     config = compose_config(project)
     assert set(config["services"]) == expected
-    assert config["name"] == "my-service"
+    assert config["name"] == DEFAULT_SLUG
 
     # Without profiles only the app runs: `docker compose up app` needs nothing else.
     alone = compose_config(project, "--profile", "")
@@ -298,7 +308,7 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     assert "python" in app["healthcheck"]["test"] and "/health" in " ".join(app["healthcheck"]["test"])
     # The whole graceful shutdown fits in the grace period: requests in flight, then the span flush.
     grace = app["stop_grace_period"]
-    settings = (project / "src" / "my_service" / "settings.py").read_text()
+    settings = (project / "src" / DEFAULT_PACKAGE / "settings.py").read_text()
     match = re.search(r"graceful_timeout_seconds: float = Field\(default=([\d.]+)", settings)
     assert match, "the graceful timeout's default is not where this test looks"
     graceful = float(match[1])
@@ -308,7 +318,7 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     assert int(app["mem_limit"]) == 512 * 1024 * 1024
     if _on(answers, "use_jaeger"):
         assert app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
-        assert app["environment"]["OTEL_SERVICE_NAME"] == "my-service"
+        assert app["environment"]["OTEL_SERVICE_NAME"] == DEFAULT_SLUG
         jaeger = config["services"]["jaeger"]
         assert jaeger.get("mem_limit"), "Jaeger's in-memory storage needs a memory limit"
     else:
@@ -477,7 +487,7 @@ def test_prometheus_scrapes_what_is_enabled(baked: Any, combo: str) -> None:
     app = jobs["app"]
     (sd,) = app["dns_sd_configs"]
     assert sd["names"] == ["app"] and sd["type"] == "A" and sd["port"] == 8000
-    assert {"target_label": "service", "replacement": "my-service"} in app["relabel_configs"]
+    assert {"target_label": "service", "replacement": DEFAULT_SLUG} in app["relabel_configs"]
     assert config["global"]["scrape_protocols"][0].startswith("OpenMetricsText")
     assert config["rule_files"] == ["rules/*.yml"]
     if _on(answers, "use_alertmanager"):
@@ -555,7 +565,7 @@ def test_memory_limit_knob_matches_the_app_container(baked: Any, combo: str) -> 
     project = baked(combo)
     (limit,) = [rule for rule in _rules(project) if rule.get("record") == "app:memory_limit_bytes"]
     assert limit["expr"].strip() == f"vector({512 * 1024 * 1024})"
-    assert limit["labels"] == {"service": "my-service"}
+    assert limit["labels"] == {"service": DEFAULT_SLUG}
     compose = (project / "compose.yaml").read_text(encoding="utf-8")
     assert re.search(r"^    mem_limit: 512m$", compose, re.M)
     # The HighMemoryUsage expression really divides by the knob.
@@ -796,7 +806,7 @@ def test_log_pipeline_keeps_trace_ids_out_of_labels(baked: Any, combo: str) -> N
         assert ref in defined, f"config.alloy refers to undefined {ref}"
     assert "COMPOSE_PROJECT" in alloy
     compose = compose_config(project)
-    assert compose["services"]["alloy"]["environment"]["COMPOSE_PROJECT"] == "my-service"
+    assert compose["services"]["alloy"]["environment"]["COMPOSE_PROJECT"] == DEFAULT_SLUG
 
 
 @pytest.mark.fast
@@ -955,7 +965,7 @@ def test_make_check_stack_runs_the_pinned_tools_and_fails_on_a_broken_rule(bake_
                 timeout=60,
                 check=True,
             )
-            names |= {name for name in listed.stdout.split() if name.startswith("my-service")}
+            names |= {name for name in listed.stdout.split() if name.startswith(DEFAULT_SLUG)}
         return names
 
     before = leftovers()
@@ -1083,7 +1093,7 @@ def test_logql_checker_catches_bad_expressions() -> None:
         good.replace("[1m]", "[1 minute]"),
         good.replace(") > 10", ")"),
         good.replace("sum by", "summ by"),
-        good.replace('"app"', '"my-service"'),
+        good.replace('"app"', f'"{DEFAULT_SLUG}"'),
         'sum (count_over_time({service_name="app"} | json t="trace" | t != "" [5m])) > 1',  # no such field
         'sum by (exception_type) (count_over_time({service_name="app"}[5m])) > 1',  # not extracted
     ):
@@ -1138,7 +1148,7 @@ def test_log_alerts_parse_use_shipper_labels_and_have_runbooks(baked: Any, combo
         assert re.fullmatch(r"\d+[smh]", rule.get("for", "0s")), name
         extracted = _check_logql_rule(rule["expr"], name)
         labels, annotations = rule["labels"], rule["annotations"]
-        assert labels["severity"] in SEVERITIES and labels["service"] == "my-service", name
+        assert labels["severity"] in SEVERITIES and labels["service"] == DEFAULT_SLUG, name
         assert annotations.get("summary") and annotations.get("description"), name
         path, _, anchor = annotations["runbook_url"].partition("#")
         assert (project / path).is_file() and anchor == name.lower() and anchor in anchors, name
@@ -1233,7 +1243,7 @@ def test_grafana_alert_rule_queries_provisioned_sources(baked: Any, combo: str) 
             assert metrics == {"process_open_fds", "process_max_fds"}
     assert rule["noDataState"] in {"OK", "NoData", "Alerting", "KeepLast"}
     assert rule["execErrState"] in {"OK", "Error", "Alerting", "KeepLast"}
-    assert rule["labels"]["severity"] in SEVERITIES and rule["labels"]["service"] == "my-service"
+    assert rule["labels"]["severity"] in SEVERITIES and rule["labels"]["service"] == DEFAULT_SLUG
     # Labels are expanded as environment variables by the provisioning; annotations are not.
     assert "$" not in json.dumps(rule["labels"])
     anchor = rule["annotations"]["runbook_url"].partition("#")[2]
@@ -1307,7 +1317,7 @@ def test_alertmanager_routes_every_alert(baked: Any, tmp_path: Path) -> None:
     for rule in _rules(project) + _loki_rules(project):
         if "alert" in rule:
             labels = {"alertname": rule["alert"], **rule["labels"]}
-            labels.setdefault("service", "my-service")  # from the scrape job, for rules that keep it
+            labels.setdefault("service", DEFAULT_SLUG)  # from the scrape job, for rules that keep it
             alerts.append(labels)
     assert {"HighErrorLogRate", "UnhandledExceptionBurst", "HighMemoryUsage", "ContainerMemoryNearLimit"} <= {
         a["alertname"] for a in alerts

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TEMPLATE_DIR, require_executable, run
+from helpers import DEFAULT_SLUG, TEMPLATE_DIR, require_executable, run
 
 pytestmark = pytest.mark.fast
 
@@ -51,11 +51,11 @@ def test_cruft_update_brings_template_changes_in(tmp_path: Path, generator: str)
             timeout=120,
             check=True,
         )
-        state = json.loads((tmp_path / "my-service" / ".cruft.json").read_text())
+        state = json.loads((tmp_path / DEFAULT_SLUG / ".cruft.json").read_text())
         assert (state["template"], state["commit"]) == (str(template), first_commit)
     else:
         run([cruft, "create", "--no-input", f"file://{template}"], tmp_path)
-    project = tmp_path / "my-service"
+    project = tmp_path / DEFAULT_SLUG
     run(["git", "init", "-q", "-b", "main"], project)
     commit_all(project, "generated")
     secrets_before = (project / ".env").read_text()
@@ -86,6 +86,6 @@ def test_an_unknown_template_location_is_kept_as_typed(tmp_path: Path) -> None:
         timeout=120,
         check=True,
     )
-    state = json.loads((tmp_path / "my-service" / ".cruft.json").read_text())
+    state = json.loads((tmp_path / DEFAULT_SLUG / ".cruft.json").read_text())
     assert state["template"] == os.path.relpath(TEMPLATE_DIR, tmp_path)
     assert state["commit"] is None

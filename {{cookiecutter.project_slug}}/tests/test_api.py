@@ -14,9 +14,10 @@ import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from conftest import StartServer, read_until_closed
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+
+from conftest import StartServer, read_until_closed
 
 
 def test_liveness_and_readiness(client: TestClient) -> None:

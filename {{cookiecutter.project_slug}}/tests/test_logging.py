@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from conftest import StartServer, header_recorder
 from {{ cookiecutter.package_name }}.observability.logging import BufferedWriter, JsonFormatter
 from {{ cookiecutter.package_name }}.settings import Settings
+
+from conftest import StartServer, header_recorder
 
 JSON_ENV = {"APP_LOG_FORMAT": "json", "APP_LOG_LEVEL": "INFO", "APP_LOG_MAX_VALUE_LENGTH": "200"}
 

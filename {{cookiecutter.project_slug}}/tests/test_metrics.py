@@ -10,8 +10,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from prometheus_client.samples import Sample
 
-from conftest import StartServer, free_port
 from {{ cookiecutter.package_name }}.observability.metrics import event_loop_monitor
+
+from conftest import StartServer, free_port
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from conftest import TESTS_DIR, StartServer
 from {{ cookiecutter.package_name }}.settings import configuration_errors
+
+from conftest import TESTS_DIR, StartServer
 
 # (variable, value, what the error line says after "invalid setting VARIABLE: ")
 BAD_VALUES = [

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Server, StartServer, free_port, header_recorder
 from {{ cookiecutter.package_name }}.observability.tracing import RateLimitFilter, _split_host
+
+from conftest import Server, StartServer, free_port, header_recorder
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
