@@ -67,6 +67,21 @@ def test_access_line_has_every_field(start_server: StartServer) -> None:
     assert server.stop() == 0
 
 
+def test_the_start_says_what_runs_and_no_secret(start_server: StartServer) -> None:
+    secrets = {
+        "APP_DOWNSTREAM_URL": "https://user:s3cret@example.com/x?sig=signature",
+        "APP_DOWNSTREAM_TOKEN": "t0ken-value",
+    }
+    server = start_server({**JSON_ENV, **secrets})
+    assert server.stop() == 0
+    (started,) = [r for r in parse_lines(server.lines) if r["message"].startswith("started: ")]
+    assert f"listening on 127.0.0.1:{server.port}" in started["message"]
+    assert "downstream https://example.com/x" in started["message"]
+    output = "\n".join(server.lines)
+    for secret in ("s3cret", "signature", "t0ken-value"):
+        assert secret not in output
+
+
 def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> None:
     server = start_server(JSON_ENV)
     assert server.stop() == 0

@@ -2,6 +2,7 @@
 """The application factory: settings, then observability, then routes."""
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -35,7 +36,7 @@ from .observability.tracing import (
     telemetry_config,
 )
 {%- endif %}
-from .settings import Settings, get_settings
+from .settings import Settings, get_settings, summary
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # and stall every request for about 30 ms.
             gc.collect()
             gc.freeze()
+            logging.getLogger(__name__).info("started: %s", summary(settings))
             yield
 {%- if cookiecutter.use_tracing %}
         shutdown_tracing()

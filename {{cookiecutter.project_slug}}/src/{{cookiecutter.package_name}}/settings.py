@@ -196,6 +196,44 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def summary(settings: Settings) -> str:
+    """What this process runs with, for its first log line: no secret, no URL credentials."""
+    parts = [
+        f"{settings.title} {settings.version}",
+{%- if cookiecutter.use_json_logging or cookiecutter.use_tracing %}
+        f"environment {settings.environment}",
+{%- endif %}
+        f"listening on {settings.host}:{settings.port}",
+        f"{settings.workers} worker(s)",
+{%- if cookiecutter.use_metrics %}
+        f"/metrics on port {settings.metrics_port or settings.port}",
+{%- endif %}
+    ]
+    if settings.downstream_url is not None:
+        parts.append(f"downstream {_without_credentials(str(settings.downstream_url))}")
+{%- if cookiecutter.use_tracing %}
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        parts.append("tracing off (OTEL_SDK_DISABLED)")
+    else:
+        otel = OtelEnvironment()
+        sampler = otel.traces_sampler + (
+            f" {otel.traces_sampler_arg:g}" if otel.traces_sampler_arg is not None else ""
+        )
+        endpoint = otel.exporter_otlp_traces_endpoint or otel.exporter_otlp_endpoint
+        target = _without_credentials(str(endpoint)) if endpoint else "http://localhost:4318"
+        sent = "sent nowhere" if otel.traces_exporter == "none" else f"sent over OTLP to {target}"
+        parts.append(f"spans sampled {sampler}, {sent}")
+{%- endif %}
+    return "; ".join(parts)
+
+
+def _without_credentials(url: str) -> str:
+    """The URL without user:password@ nor its query (a signed URL's signature)."""
+    scheme, _, rest = url.partition("://")
+    host_and_path = rest.rpartition("@")[2].partition("?")[0]
+    return f"{scheme}://{host_and_path}"
+
+
 def configuration_errors() -> list[str]:
     """What is wrong with the environment's settings, one line per variable (empty: nothing).
 
