@@ -212,10 +212,15 @@ def summary(settings: Settings) -> str:
     if settings.downstream_url is not None:
         parts.append(f"downstream {_without_credentials(str(settings.downstream_url))}")
 {%- if cookiecutter.use_tracing %}
+    try:
+        otel = OtelEnvironment()
+    except ValidationError:  # `python -m` refuses to start; an app served otherwise goes on
+        otel = None
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         parts.append("tracing off (OTEL_SDK_DISABLED)")
+    elif otel is None:
+        parts.append("tracing with invalid OTEL_* settings")
     else:
-        otel = OtelEnvironment()
         sampler = otel.traces_sampler + (
             f" {otel.traces_sampler_arg:g}" if otel.traces_sampler_arg is not None else ""
         )
