@@ -100,13 +100,14 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 @contextlib.contextmanager
-def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """A downstream service on loopback: answers 200 and records each request's headers."""
+def header_recorder(delay: float = 0.0) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A downstream service on loopback: records each request's headers, answers 200 `delay` s later."""
     seen: list[dict[str, str]] = []
 
     class Record(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append({name.lower(): value for name, value in self.headers.items()})
+            time.sleep(delay)
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()

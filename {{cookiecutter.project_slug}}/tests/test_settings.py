@@ -6,15 +6,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from {{ cookiecutter.package_name }}.settings import configuration_errors
 
-from conftest import TESTS_DIR, StartServer
+from conftest import TESTS_DIR, StartServer, header_recorder
 
 # (variable, value, what the error line says after "invalid setting VARIABLE: ")
 BAD_VALUES = [
@@ -124,43 +122,18 @@ def test_an_ipv6_host_is_served_by_several_workers(start_server: StartServer) ->
     assert server.stop() == 0
 
 
-@pytest.fixture
-def slow_downstream() -> Iterator[tuple[str, threading.Event]]:
-    """A downstream service answering 0.6 s after a request, which sets the event."""
-    called = threading.Event()
-
-    class Slow(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            called.set()
-            time.sleep(0.6)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", called
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_a_fractional_grace_period_is_not_cut_to_zero(
-    start_server: StartServer, slow_downstream: tuple[str, threading.Event]
-) -> None:
-    url, called = slow_downstream
-    server = start_server({"APP_GRACEFUL_TIMEOUT_SECONDS": "0.9", "APP_DOWNSTREAM_URL": url})
-    result: list[int] = []
-    request = threading.Thread(
-        target=lambda: result.append(httpx.get(f"{server.url}/api/downstream").status_code)
-    )
-    request.start()
-    assert called.wait(10), "the request reached the downstream service"  # now in flight
-    assert server.stop() == 0
-    request.join(5)
+def test_a_fractional_grace_period_is_not_cut_to_zero(start_server: StartServer) -> None:
+    with header_recorder(delay=0.6) as (url, seen):
+        server = start_server({"APP_GRACEFUL_TIMEOUT_SECONDS": "0.9", "APP_DOWNSTREAM_URL": url})
+        result: list[int] = []
+        request = threading.Thread(
+            target=lambda: result.append(httpx.get(f"{server.url}/api/downstream").status_code)
+        )
+        request.start()
+        deadline = time.monotonic() + 10
+        while not seen:  # until the request waits on the downstream service
+            assert time.monotonic() < deadline, "the request never reached the downstream service"
+            time.sleep(0.01)
+        assert server.stop() == 0
+        request.join(5)
     assert result == [200], "the request in flight finished within the grace period"
