@@ -201,6 +201,14 @@ class Server:
         return code
 
 
+def wait_for_workers(server: Server, n: int) -> None:
+    """Until n workers have finished starting (forked is not enough: they may still import)."""
+    deadline = time.monotonic() + 20
+    while sum("Application startup complete" in line for line in server.lines) < n:
+        assert time.monotonic() < deadline, "\n".join(server.lines)
+        time.sleep(0.1)
+
+
 class StartServer(Protocol):
     def __call__(
         self,

@@ -12,7 +12,7 @@ from loguru import logger
 from {{ cookiecutter.package_name }}.observability.logging import BufferedWriter, JsonFormatter
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from conftest import StartServer, header_recorder
+from conftest import StartServer, header_recorder, wait_for_workers
 
 JSON_ENV = {"APP_LOG_FORMAT": "json", "APP_LOG_LEVEL": "INFO", "APP_LOG_MAX_VALUE_LENGTH": "200"}
 
@@ -99,10 +99,7 @@ def test_uvicorn_lines_go_through_the_same_sink(start_server: StartServer) -> No
 def test_forked_workers_write_each_line_once_and_at_once(start_server: StartServer) -> None:
     server = start_server({**JSON_ENV, "APP_WORKERS": "2"})
     # Logged by each worker as it starts: written then, not held until the worker exits.
-    deadline = time.monotonic() + 20
-    while sum("Application startup complete" in line for line in server.lines) < 2:
-        assert time.monotonic() < deadline, "\n".join(server.lines)
-        time.sleep(0.1)
+    wait_for_workers(server, 2)
     assert server.stop() == 0
     records = parse_lines(server.lines)
     booted = [r for r in records if r["message"].startswith("Booting worker")]

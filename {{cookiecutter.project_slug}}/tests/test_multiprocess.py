@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server, StartServer, free_port
+from conftest import Server, StartServer, free_port, wait_for_workers
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads worker pids from /proc")
 
@@ -49,14 +49,6 @@ def wait_for_total(metrics_url: str, expected: int, timeout: float = 5.0) -> flo
     while (total := total_requests(metrics_url)) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
     return total
-
-
-def wait_for_workers(server: Server, n: int) -> None:
-    """Until n workers have finished starting (forked is not enough: they may still import)."""
-    deadline = time.monotonic() + 20
-    while sum("Application startup complete" in line for line in server.lines) < n:
-        assert time.monotonic() < deadline, "\n".join(server.lines)
-        time.sleep(0.1)
 
 
 def test_requests_over_two_workers_are_counted_exactly(

@@ -26,7 +26,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from .settings import Settings, configuration_errors, get_settings
+from .settings import Settings, configuration_errors, get_settings{% if cookiecutter.use_tracing %}, span_flush_seconds{% endif %}
 
 APP = "{{ cookiecutter.package_name }}.main:create_app"
 {%- if cookiecutter.use_metrics %}
@@ -247,12 +247,7 @@ def _shutdown_seconds() -> int:
     """What a worker's lifespan shutdown may take once its requests drained{% if cookiecutter.use_tracing %}: the span
     flush, bounded by OTEL_BSP_EXPORT_TIMEOUT (milliseconds), and a second for the rest.{% else %}.{% endif %}"""
 {%- if cookiecutter.use_tracing %}
-    # Read as observability/tracing.py reads it; the parent does not import the SDK.
-    try:
-        flush_ms = float(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "5000"))
-    except ValueError:
-        flush_ms = 5000.0
-    return math.ceil(max(flush_ms, 0.0) / 1000) + 1
+    return math.ceil(span_flush_seconds()) + 1
 {%- else %}
     return 1
 {%- endif %}

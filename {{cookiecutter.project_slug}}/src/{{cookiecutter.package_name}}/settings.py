@@ -23,6 +23,7 @@ from typing import Literal
 {%- if cookiecutter.use_json_logging or cookiecutter.use_tracing %}{% set pydantic_names = pydantic_names + ["field_validator"] %}{% endif %}
 {%- if cookiecutter.use_metrics or cookiecutter.use_tracing %}{% set pydantic_names = pydantic_names + ["model_validator"] %}{% endif %}
 
+import httpx
 from pydantic import {{ pydantic_names | sort(case_sensitive=True) | join(", ") }}
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -123,6 +124,11 @@ class Settings(BaseSettings):
 {%- if cookiecutter.use_tracing %}
 
 
+# The service's own default (the SDK's is 30 s): it bounds the span flush at shutdown{% if cookiecutter.use_dockerfile %}, and the
+# compose stop grace period is longer{% endif %}.
+DEFAULT_SPAN_EXPORT_TIMEOUT_MS = 5000
+
+
 class OtelEnvironment(BaseSettings):
     """The standard OTEL_* variables the SDK reads, checked before the service starts.
 
@@ -146,7 +152,7 @@ class OtelEnvironment(BaseSettings):
     bsp_max_queue_size: int = Field(default=2048, ge=1)
     bsp_max_export_batch_size: int | None = Field(default=None, ge=1)
     bsp_schedule_delay: int = Field(default=5000, ge=1)
-    bsp_export_timeout: int = Field(default=5000, ge=0)
+    bsp_export_timeout: int = Field(default=DEFAULT_SPAN_EXPORT_TIMEOUT_MS, ge=0)
 
     @field_validator(
         "bsp_max_queue_size",
@@ -210,7 +216,7 @@ def summary(settings: Settings) -> str:
 {%- endif %}
     ]
     if settings.downstream_url is not None:
-        parts.append(f"downstream {_without_credentials(str(settings.downstream_url))}")
+        parts.append(f"downstream {without_credentials(str(settings.downstream_url))}")
 {%- if cookiecutter.use_tracing %}
     try:
         otel = OtelEnvironment()
@@ -225,18 +231,27 @@ def summary(settings: Settings) -> str:
             f" {otel.traces_sampler_arg:g}" if otel.traces_sampler_arg is not None else ""
         )
         endpoint = otel.exporter_otlp_traces_endpoint or otel.exporter_otlp_endpoint
-        target = _without_credentials(str(endpoint)) if endpoint else "http://localhost:4318"
+        target = without_credentials(str(endpoint)) if endpoint else "http://localhost:4318"
         sent = "sent nowhere" if otel.traces_exporter == "none" else f"sent over OTLP to {target}"
         parts.append(f"spans sampled {sampler}, {sent}")
 {%- endif %}
     return "; ".join(parts)
 
 
-def _without_credentials(url: str) -> str:
-    """The URL without user:password@ nor its query (a signed URL's signature)."""
-    scheme, _, rest = url.partition("://")
-    host_and_path = rest.rpartition("@")[2].partition("?")[0]
-    return f"{scheme}://{host_and_path}"
+def without_credentials(url: str) -> str:
+    """What logs and callers may see of a URL: no user:password@, no query (a signed URL's)."""
+    return str(httpx.URL(url).copy_with(userinfo=b"", query=None))
+{%- if cookiecutter.use_tracing %}
+
+
+def span_flush_seconds() -> float:
+    """OTEL_BSP_EXPORT_TIMEOUT in seconds: how long an export, and the flush at shutdown, may take."""
+    value = os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip()
+    try:
+        return int(value or DEFAULT_SPAN_EXPORT_TIMEOUT_MS) / 1000
+    except ValueError:  # refused at start by `python -m`; an app served otherwise goes on
+        return DEFAULT_SPAN_EXPORT_TIMEOUT_MS / 1000
+{%- endif %}
 
 
 def configuration_errors() -> list[str]:

@@ -15,7 +15,7 @@ from loguru import logger
 {%- endif %}
 from pydantic import BaseModel, Field
 
-from ..settings import Settings, get_settings
+from ..settings import Settings, get_settings, without_credentials
 
 router = APIRouter(prefix="/api", tags=["items"])
 {%- if not cookiecutter.use_json_logging %}
@@ -72,8 +72,7 @@ async def call_downstream(
     headers = {}
     if settings.downstream_token is not None:
         headers["Authorization"] = f"Bearer {settings.downstream_token.get_secret_value()}"
-    # What logs and callers may see: no credentials of the URL (user:password@, a signed query).
-    shown = str(httpx.URL(url).copy_with(userinfo=b"", query=None))
+    shown = without_credentials(url)
     try:
         response = await client.get(url, headers=headers)
     except httpx.HTTPError as exc:

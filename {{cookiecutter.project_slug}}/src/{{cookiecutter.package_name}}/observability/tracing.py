@@ -58,11 +58,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.http import PARAMS_TO_REDACT, redact_query_parameters
 from starlette.types import Scope
 
-from ..settings import Settings
+from ..settings import DEFAULT_SPAN_EXPORT_TIMEOUT_MS, Settings, span_flush_seconds
 from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
 
-# Bounds the span flush on shutdown{% if cookiecutter.use_dockerfile %}; the compose stop grace period is longer{% endif %}.
-_DEFAULT_EXPORT_TIMEOUT_MS = 5000
 _DEFAULT_EXPORT_BATCH_SIZE = 64
 _DEFAULT_QUEUE_SIZE = 2048  # the SDK's
 _DEFAULT_ATTRIBUTE_VALUE_LENGTH = 4096
@@ -254,7 +252,9 @@ def _batch_processor(exporter: BackgroundExporter) -> BatchSpanProcessor:
         max_export_batch_size=_unless_set(
             min(_DEFAULT_EXPORT_BATCH_SIZE, queue_size), "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
         ),
-        export_timeout_millis=_unless_set(_DEFAULT_EXPORT_TIMEOUT_MS, "OTEL_BSP_EXPORT_TIMEOUT"),
+        export_timeout_millis=_unless_set(
+            DEFAULT_SPAN_EXPORT_TIMEOUT_MS, "OTEL_BSP_EXPORT_TIMEOUT"
+        ),
     )
 
 
@@ -431,14 +431,6 @@ def instrument_client(client: httpx.AsyncClient, provider: TracerProvider) -> No
     HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
 
 
-def _export_timeout_seconds() -> float:
-    value = os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip() or _DEFAULT_EXPORT_TIMEOUT_MS
-    try:
-        return float(value) / 1000
-    except ValueError:  # refused at start (settings.py); here for an app built in-process
-        return _DEFAULT_EXPORT_TIMEOUT_MS / 1000
-
-
 def shutdown_tracing() -> None:
     """Flush queued spans, for at most OTEL_BSP_EXPORT_TIMEOUT, and stop exporting."""
     global _provider
@@ -449,7 +441,7 @@ def shutdown_tracing() -> None:
     # daemon thread lets the stop go ahead once the budget is spent.
     flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
     flush.start()
-    flush.join(_export_timeout_seconds())
+    flush.join(span_flush_seconds())
     if flush.is_alive():
         logging.getLogger(__name__).warning(
             "span export did not finish within OTEL_BSP_EXPORT_TIMEOUT; dropping the rest"
