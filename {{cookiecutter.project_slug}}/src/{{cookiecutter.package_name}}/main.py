@@ -2,7 +2,9 @@
 """The application factory: settings, then observability, then routes."""
 
 import gc
+{%- if cookiecutter.use_json_logging %}
 import logging
+{%- endif %}
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,7 +38,7 @@ from .observability.tracing import (
     telemetry_config,
 )
 {%- endif %}
-from .settings import Settings, get_settings, summary
+from .settings import Settings, get_settings{% if cookiecutter.use_json_logging %}, summary{% endif %}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # and stall every request for about 30 ms.
             gc.collect()
             gc.freeze()
+{%- if cookiecutter.use_json_logging %}
             logging.getLogger(__name__).info("started: %s", summary(settings))
+{%- endif %}
             yield
 {%- if cookiecutter.use_tracing %}
         shutdown_tracing()

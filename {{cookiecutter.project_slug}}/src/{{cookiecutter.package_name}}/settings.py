@@ -200,15 +200,14 @@ class OtelEnvironment(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+{%- if cookiecutter.use_json_logging %}
 
 
 def summary(settings: Settings) -> str:
     """What this process runs with, for its first log line: no secret, no URL credentials."""
     parts = [
         f"{settings.title} {settings.version}",
-{%- if cookiecutter.use_json_logging or cookiecutter.use_tracing %}
         f"environment {settings.environment}",
-{%- endif %}
         f"listening on {settings.host}:{settings.port}",
         f"{settings.workers} worker(s)",
 {%- if cookiecutter.use_metrics %}
@@ -236,6 +235,7 @@ def summary(settings: Settings) -> str:
         parts.append(f"spans sampled {sampler}, {sent}")
 {%- endif %}
     return "; ".join(parts)
+{%- endif %}
 
 
 def without_credentials(url: str) -> str:
