@@ -23,6 +23,13 @@ collector on core 1):
 - black-hole: all on, a listener that accepts and never answers;
 - slow: all on, a collector that answers every export after --delay seconds.
 
+Two workloads (--workload): `items`, the trivial endpoint of run.py, where
+tracing's own cost per request is a large share of the latency; and
+`downstream`, the shape of a real request: `/api/downstream` calls a local
+downstream service (`downstream.py`, on core 1) that answers after
+--downstream-delay-ms (default 2 ms), so the request waits on I/O as a
+service's requests do, and tracing adds its client span and `traceparent`.
+
 For each it records p50/p99 latency from the scheduled time, failed or non-2xx
 requests, the server's RSS at 1/3, 2/3 and the end of the load and its peak
 (VmHWM), the log lines that report an export failure, and how long the server
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -57,6 +65,8 @@ EXPORT_FAILURE = re.compile(
     r"export.*(fail|error|exception|retry|retrying|timed? ?out|drop)|queue full|dropping", re.IGNORECASE
 )
 METRICS_LOGS = ("use_json_logging", "use_metrics")
+# The path each workload loads and its default rate (the downstream route's HTTP client costs more CPU).
+WORKLOADS = {"items": (bench.TARGET_PATH, 1500.0), "downstream": ("/api/downstream", 500.0)}
 
 
 @dataclass(frozen=True)
@@ -120,11 +130,11 @@ def rss_mb(pid: int) -> float:
     return bench.peak_rss_mb(pid)["VmRSS"]
 
 
-def load_with_rss(load_python: str, pid: int, port: int, rate: float, duration: float) -> dict[str, Any]:
+def load_with_rss(load_python: str, pid: int, port: int, path: str, rate: float, duration: float) -> dict[str, Any]:
     """The fixed-rate load, sampling the server's RSS at 1/3, 2/3 and the end of it."""
     cmd = [
         "taskset", "-c", bench.LOAD_CORE, load_python, str(bench.BENCH_DIR / "loadgen.py"),
-        "--port", str(port), "--path", bench.TARGET_PATH, "--rate", str(rate), "--duration", str(duration),
+        "--port", str(port), "--path", path, "--rate", str(rate), "--duration", str(duration),
     ]  # fmt: skip
     start = time.monotonic()
     samples: dict[str, float] = {}
@@ -161,6 +171,23 @@ def export_failure_lines(*paths: Path) -> tuple[int, list[str]]:
     return len(lines), [line[:300] for line in lines[:3]]
 
 
+@contextlib.contextmanager
+def downstream(python: str, delay_ms: float, stats: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """downstream.py on core 1; yields its URL and a dict filled with its count once it has stopped."""
+    port = bench.free_port()
+    counts: dict[str, Any] = {}
+    stats.unlink(missing_ok=True)
+    cmd = ["taskset", "-c", bench.LOAD_CORE, python, str(bench.BENCH_DIR / "downstream.py")]
+    process = subprocess.Popen([*cmd, "--port", str(port), "--delay-ms", str(delay_ms), "--stats", str(stats)])
+    try:
+        wait_listening(port, process)
+        yield f"http://127.0.0.1:{port}/", counts
+    finally:
+        bench.stop(process, timeout=10)
+        if stats.exists():
+            counts |= json.loads(stats.read_text())
+
+
 def measure(scenario: Scenario, python: str, cwd: Path, logs: Path, args: argparse.Namespace) -> dict[str, Any]:
     variant = scenario.variant
     result: dict[str, Any] = {"scenario": scenario.name, "description": scenario.description}
@@ -168,14 +195,22 @@ def measure(scenario: Scenario, python: str, cwd: Path, logs: Path, args: argpar
     stats = logs / f"{scenario.name}-collector.json"
     with contextlib.ExitStack() as stack:
         counts: dict[str, Any] | None = None
+        if args.workload == "downstream":
+            url, answered = stack.enter_context(
+                downstream(args.load_python, args.downstream_delay_ms, logs / f"{scenario.name}-downstream.json")
+            )
+            variant = dataclasses.replace(variant, env={**variant.env, "APP_DOWNSTREAM_URL": url})
+            result["downstream"] = answered
         if scenario.collector in ("sink", "slow", "black-hole"):
             assert otlp_port is not None
             extra = {"sink": (), "slow": ("--delay", str(args.delay)), "black-hole": ("--black-hole",)}
             counts = stack.enter_context(collector(args.load_python, otlp_port, stats, *extra[scenario.collector]))
         server = stack.enter_context(bench.server_for(variant, python, cwd, logs, otlp_port))
-        bench.fixed_rate(args.load_python, server.port, args.rate, 1.0)  # warm-up
+        bench.fixed_rate(args.load_python, server.port, args.rate, 1.0, args.path)  # warm-up
         usage = bench.Usage(server.process.pid)
-        result["load"] = load_with_rss(args.load_python, server.process.pid, server.port, args.rate, args.duration)
+        result["load"] = load_with_rss(
+            args.load_python, server.process.pid, server.port, args.path, args.rate, args.duration
+        )
         result["load"] |= usage.stop()
         if scenario.collector == "refused":
             # The collector comes back: later batches must reach it.
@@ -183,7 +218,7 @@ def measure(scenario: Scenario, python: str, cwd: Path, logs: Path, args: argpar
             back = logs / "refused-recovered-collector.json"
             with collector(args.load_python, otlp_port, back) as recovered:
                 came_back = time.monotonic()
-                recovery = bench.fixed_rate(args.load_python, server.port, args.rate, args.recovery)
+                recovery = bench.fixed_rate(args.load_python, server.port, args.rate, args.recovery, args.path)
                 # The export thread may still be backing off on a failed batch: wait, bounded.
                 first_span_s = None
                 while time.monotonic() < came_back + args.recovery + args.recovery_wait:
@@ -311,9 +346,9 @@ def checks(summary: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
     return out
 
 
-def markdown(summary: dict[str, dict[str, Any]], rate: float, duration: float, repetitions: int) -> str:
+def markdown(summary: dict[str, dict[str, Any]], path: str, rate: float, duration: float, repetitions: int) -> str:
     lines = [
-        f"| Scenario ({rate:g} req/s, {duration:g} s, median of {repetitions}) | p50 ms "
+        f"| Scenario (GET {path}, {rate:g} req/s, {duration:g} s, median of {repetitions}) | p50 ms "
         "| p99 ms: median (min-max over the rounds) | p99 x baseline "
         "| p99 x no-export / no-op | p90 x baseline / no-op | failed requests | RSS MB at 1/3 / 2/3 / end "
         "| peak RSS MB | export-failure log lines | spans received | stop s (exit) | core 0 taken by others (max) |",
@@ -343,7 +378,18 @@ def fmt_ratio(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1500.0, help="fixed request rate, well below saturation")
+    parser.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default="items",
+        help="items: the trivial endpoint; downstream: a request that calls a downstream service",
+    )
+    parser.add_argument(
+        "--rate", type=float, help="fixed request rate, well below saturation (default: 1500 items, 500 downstream)"
+    )
+    parser.add_argument(
+        "--downstream-delay-ms", type=float, default=2.0, help="the downstream service's answer delay (downstream)"
+    )
     parser.add_argument("--repetitions", type=int, default=3, help="rounds of every scenario; the table gives medians")
     parser.add_argument(
         "--duration", type=float, default=30.0, help="seconds of load per scenario (10 s p99s spread widely)"
@@ -354,11 +400,15 @@ def main() -> None:
         "--recovery-wait", type=float, default=15.0, help="then wait at most this long for the first span"
     )
     parser.add_argument("--scenarios", help=f"comma-separated subset of: {','.join(s.name for s in SCENARIOS)}")
-    parser.add_argument("--output", type=Path, default=bench.RESULTS_DIR / "faults.json")
+    parser.add_argument("--output", type=Path, help="default: benchmarks/results/faults[-downstream].json")
     parser.add_argument("--template", type=Path, default=bench.TEMPLATE_DIR)
     parser.add_argument("--workdir", type=Path, help="keep bakes and venvs here (default: a temporary directory)")
     args = parser.parse_args()
     args.template = args.template.resolve()
+    args.path, default_rate = WORKLOADS[args.workload]
+    args.rate = args.rate or default_rate
+    suffix = "" if args.workload == "items" else f"-{args.workload}"
+    args.output = args.output or bench.RESULTS_DIR / f"faults{suffix}.json"
     scenarios = SCENARIOS
     if args.scenarios:
         wanted = set(args.scenarios.split(",")) | {"baseline"}
@@ -401,7 +451,7 @@ def main() -> None:
             rounds.append({s.name: results[s.name] for s in scenarios})
 
     summary = summarize(rounds)
-    table = markdown(summary, args.rate, args.duration, args.repetitions)
+    table = markdown(summary, args.path, args.rate, args.duration, args.repetitions)
     verdicts = checks(summary, args)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -412,7 +462,9 @@ def main() -> None:
             "recovery_load_s": args.recovery,
             "server_core": bench.SERVER_CORE,
             "load_core": bench.LOAD_CORE,
-            "endpoint": bench.TARGET_PATH,
+            "workload": args.workload,
+            "endpoint": args.path,
+            "downstream_delay_ms": args.downstream_delay_ms if args.workload == "downstream" else None,
             "latency_generator": "benchmarks/loadgen.py, open loop, 32 connections",
             "env": "APP_ENVIRONMENT=production APP_LOG_FORMAT=json, OTel defaults (BSP queue 2048)",
         },

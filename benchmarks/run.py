@@ -376,7 +376,7 @@ def wrk(port: int, duration: float, connections: int = 32) -> dict[str, Any]:
     }
 
 
-def fixed_rate(load_python: str, port: int, rate: float, duration: float) -> dict[str, Any]:
+def fixed_rate(load_python: str, port: int, rate: float, duration: float, path: str = TARGET_PATH) -> dict[str, Any]:
     out = run(
         [
             "taskset",
@@ -387,7 +387,7 @@ def fixed_rate(load_python: str, port: int, rate: float, duration: float) -> dic
             "--port",
             str(port),
             "--path",
-            TARGET_PATH,
+            path,
             "--rate",
             str(rate),
             "--duration",

@@ -52,6 +52,7 @@ DEPENDENCIES = frozenset(
         "httptools",
         "httpx",
         "pydantic_settings",
+        "sniffio",
         "uvicorn",
         "uvloop",
         "uvicorn_worker",

@@ -115,3 +115,31 @@ def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:
         "refused: p90 x no-op (the fault's own cost)",
         "black-hole: p99 x baseline (no tracing)",
     }
+
+
+def test_fault_mode_loads_a_request_that_calls_a_downstream_service(tmp_path: Path) -> None:
+    """`faults.py --workload downstream`: the route's downstream call reaches `downstream.py`."""
+    require_harness_tools("uv", "taskset")
+    output, stdout = run_harness(
+        "faults.py",
+        tmp_path,
+        "--workload", "downstream",
+        "--scenarios", "refused",
+        "--duration", "1.5",
+        "--rate", "100",
+        "--recovery", "1",
+        "--repetitions", "1",
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["method"]["endpoint"] == "/api/downstream"
+    assert "GET /api/downstream" in stdout
+    results = report["rounds"][0]
+    assert list(results) == ["baseline", "refused"]
+    for name, run in results.items():
+        assert run["exit_code"] == 0, f"{name}: the server did not stop cleanly"
+        load = run["load"]
+        assert load["failed"] == 0, f"{name}: requests failed"
+        # Every request of the warm-up, the load and (refused) the recovery made one downstream call.
+        recovery = run.get("recovery", {}).get("load_s", 0)
+        assert run["downstream"]["answered"] == round(100 * (1.0 + 1.5 + recovery)), name
+    assert report["summary"]["refused"]["p99_x_baseline"] is not None
