@@ -20,8 +20,10 @@ import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from otlp_sink import QuietServer
 
 BODY = b'{"ok":true}'
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -60,8 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     Handler.delay = args.delay_ms / 1000
     realtime_priority()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
+    server = QuietServer(("127.0.0.1", args.port), Handler)
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown).start()  # shutdown() waits for serve_forever: not from here

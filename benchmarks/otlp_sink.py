@@ -70,6 +70,16 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that goes away mid-connection (a server stopped with an export in flight) is no error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def black_hole(port: int) -> None:
     """Accept connections, keep them open, never read nor answer (the newest 1000 are kept)."""
     listener = socket.create_server(("127.0.0.1", port), backlog=128)
@@ -101,9 +111,7 @@ def main() -> None:
     if args.black_hole:
         black_hole(args.port)
         return
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    server.serve_forever()
+    QuietServer(("127.0.0.1", args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":
