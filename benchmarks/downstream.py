@@ -1,14 +1,14 @@
 """A downstream HTTP service for `faults.py --workload downstream`: answers every GET after a delay.
 
 It stands for what a real request waits on (another service, a database): each
-request gets `200 {"ok": true}` on its keep-alive connection --delay-ms after it
-arrived. A thread per connection sleeps the delay (the kernel's timers are
+request gets `200 {"ok": true}` on its keep-alive connection --delay-ms after its
+head was read. A thread per connection sleeps the delay (the kernel's timers are
 precise to tens of microseconds; an asyncio loop's are rounded up to the next
 millisecond). It shares its core with the load generator, which spins between
 requests, so it asks for a real-time priority: a woken thread then runs at
 once instead of after the generator's time slice, and the delay stays the
-delay. It counts the requests it answered and writes the count as JSON to
---stats when it gets SIGTERM. Standard library only.
+delay. On SIGTERM it writes to --stats, as JSON, how many requests it answered
+and whether it ran at that priority. Standard library only.
 """
 
 from __future__ import annotations
@@ -47,11 +47,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def realtime_priority() -> None:
+def realtime_priority() -> bool:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # inherited by every connection's thread
-    except (AttributeError, PermissionError, OSError) as exc:
+    except (AttributeError, OSError) as exc:
         print(f"downstream.py: no real-time priority ({exc}); delays may stretch", file=sys.stderr)
+        return False
+    return True
 
 
 def main() -> None:
@@ -61,18 +63,19 @@ def main() -> None:
     parser.add_argument("--stats", help="write the answered count here on SIGTERM")
     args = parser.parse_args()
     Handler.delay = args.delay_ms / 1000
-    realtime_priority()
+    realtime = realtime_priority()
+    stopping = threading.Event()
+    # Before the socket listens: a SIGTERM as soon as it is reachable still writes the stats.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
     server = QuietServer(("127.0.0.1", args.port), Handler)
-
-    def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown).start()  # shutdown() waits for serve_forever: not from here
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.serve_forever(poll_interval=0.5)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+    while not stopping.wait(0.5):  # a timeout keeps the main thread responsive to signals
+        pass
+    server.shutdown()
     if args.stats:
         with open(args.stats, "w") as out:
-            json.dump({"answered": ANSWERED[0]}, out)
+            json.dump({"answered": ANSWERED[0], "realtime_priority": realtime}, out)
 
 
 if __name__ == "__main__":

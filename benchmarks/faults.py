@@ -66,7 +66,7 @@ EXPORT_FAILURE = re.compile(
 )
 METRICS_LOGS = ("use_json_logging", "use_metrics")
 # The path each workload loads and its default rate (the downstream route's HTTP client costs more CPU).
-WORKLOADS = {"items": (bench.TARGET_PATH, 1500.0), "downstream": ("/api/downstream", 500.0)}
+WORKLOADS = {"items": (bench.TARGET_PATH, 1500.0), "downstream": ("/api/downstream", 200.0)}
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,15 @@ SCENARIOS = [
 ]
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_listening(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"collector exited ({process.returncode})")
+            raise RuntimeError(f"{name} exited ({process.returncode})")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"collector not listening on {port} after {timeout}s")
+    raise RuntimeError(f"{name} not listening on {port} after {timeout}s")
 
 
 @contextlib.contextmanager
@@ -118,7 +118,7 @@ def collector(python: str, port: int, stats: Path, *extra: str) -> Iterator[dict
     cmd = ["taskset", "-c", bench.LOAD_CORE, python, str(bench.BENCH_DIR / "otlp_sink.py")]
     process = subprocess.Popen([*cmd, "--port", str(port), "--stats", str(stats), *extra], env=bench.clean_env())
     try:
-        wait_listening(port, process)
+        wait_listening(port, process, "collector")
         yield counts
     finally:
         bench.stop(process, timeout=10)
@@ -178,9 +178,10 @@ def downstream(python: str, delay_ms: float, stats: Path) -> Iterator[tuple[str,
     counts: dict[str, Any] = {}
     stats.unlink(missing_ok=True)
     cmd = ["taskset", "-c", bench.LOAD_CORE, python, str(bench.BENCH_DIR / "downstream.py")]
-    process = subprocess.Popen([*cmd, "--port", str(port), "--delay-ms", str(delay_ms), "--stats", str(stats)])
+    args = ["--port", str(port), "--delay-ms", str(delay_ms), "--stats", str(stats)]
+    process = subprocess.Popen([*cmd, *args], env=bench.clean_env())
     try:
-        wait_listening(port, process)
+        wait_listening(port, process, "downstream service")
         yield f"http://127.0.0.1:{port}/", counts
     finally:
         bench.stop(process, timeout=10)
@@ -385,7 +386,7 @@ def main() -> None:
         help="items: the trivial endpoint; downstream: a request that calls a downstream service",
     )
     parser.add_argument(
-        "--rate", type=float, help="fixed request rate, well below saturation (default: 1500 items, 500 downstream)"
+        "--rate", type=float, help="fixed request rate, well below saturation (default: 1500 items, 200 downstream)"
     )
     parser.add_argument(
         "--downstream-delay-ms", type=float, default=2.0, help="the downstream service's answer delay (downstream)"

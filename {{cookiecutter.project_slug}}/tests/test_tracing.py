@@ -426,8 +426,9 @@ def test_export_resumes_when_the_backend_returns(start_server: StartServer) -> N
 
 
 def test_a_full_span_queue_builds_no_log_records() -> None:
-    # The real SDK loggers: the collector refuses, the queue fills, and every
-    # further span is dropped with a warning that must not cost a LogRecord.
+    # The collector refuses, the queue fills, and every further span is turned away
+    # with a warning that must not cost a LogRecord. The SDK's own queue never
+    # overflows, so its "Queue full" warning (one per evicted span) never comes.
     body = (
         "import logging, time\n"
         "tracer = provider.get_tracer('test')\n"
@@ -443,6 +444,7 @@ def test_a_full_span_queue_builds_no_log_records() -> None:
         "for _ in range(5000):\n"
         "    tracer.start_span('dropped').end()\n"
         "print(built.count('{{ cookiecutter.package_name }}.observability.tracing.queue'))\n"
+        "print(built.count('opentelemetry.sdk._shared_internal'))\n"
     )
     out = run_after_setup(
         body,
@@ -451,8 +453,10 @@ def test_a_full_span_queue_builds_no_log_records() -> None:
         OTEL_BSP_SCHEDULE_DELAY="60000",
     )
     assert "Span queue full" in out.stderr, "the drop is reported"
-    built = int(out.stdout.strip())
+    built, built_by_sdk = (int(line) for line in out.stdout.split())
     assert built <= 1, f"muted after the first repeat: {built} built"
+    assert built_by_sdk == 0, "the SDK's queue overflowed"
+    assert "Queue full, dropping" not in out.stderr
 
 
 def test_a_full_span_queue_turns_new_spans_away() -> None:
@@ -486,9 +490,11 @@ def test_a_full_span_queue_turns_new_spans_away() -> None:
     assert first == list(range(64))
     later = sorted(int(n.removeprefix("later-")) for n in names if n.startswith("later-"))
     assert "later-199" not in names, "the newest span evicted an older one"
-    # One unbroken run: the later spans that fit once the export thread took its batch.
-    assert 0 < len(later) <= 64
-    assert later == list(range(later[0], later[0] + len(later))), later
+    # One unbroken run: the later spans that fit once the export thread took its batch
+    # (none if a loaded machine kept that thread from it for the whole loop).
+    assert len(later) <= 64
+    if later:
+        assert later == list(range(later[0], later[0] + len(later))), later
     assert "Span queue full" in out.stderr, "the drop is reported"
 
 

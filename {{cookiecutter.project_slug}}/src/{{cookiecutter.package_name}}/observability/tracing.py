@@ -39,6 +39,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from contextvars import Token
 from typing import Any
@@ -199,8 +200,9 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
     the last; either way the rest is lost, and a warning says so.
 
     The queue's length is counted from the outside: spans let in, minus spans
-    handed to the exporter. A count lost to a race between threads ending spans
-    only lets the SDK evict as it would anyway.
+    handed to the exporter (the way out; a forked child starts empty). One lock
+    makes the check and the append one step, so the queue never overflows and
+    the SDK never evicts: a span it evicted would stay in the count for good.
     """
 
     def __init__(self, exporter: BackgroundExporter, max_queue_size: int, **options: Any) -> None:
@@ -208,23 +210,34 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         self._counting_exporter = exporter
         self._queue_limit = max_queue_size
         self._let_in = 0
+        self._let_in_lock = threading.Lock()
+        self._closed = False
         # A forked child starts with an empty queue (the SDK clears it): so does the count.
-        os.register_at_fork(after_in_child=self._forget_queue)
+        # Weakly: a processor must not live on for the hook's sake.
+        forget = weakref.WeakMethod(self._forget_queue)
+        os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
 
     def on_end(self, span: ReadableSpan) -> None:
-        if not span.context.trace_flags.sampled:
+        if self._closed or not (span.context and span.context.trace_flags.sampled):
             return  # never queued
-        if self._let_in - self._counting_exporter.handed >= self._queue_limit:
-            _queue_logger.warning(
-                "Span queue full (OTEL_BSP_MAX_QUEUE_SIZE=%d): the collector is down or too slow; "
-                "dropping new spans",
-                self._queue_limit,
-            )
-            return
-        self._let_in += 1
-        super().on_end(span)
+        with self._let_in_lock:
+            if self._let_in - self._counting_exporter.handed < self._queue_limit:
+                self._let_in += 1
+                super().on_end(span)
+                return
+        _queue_logger.warning(
+            "Span queue full (OTEL_BSP_MAX_QUEUE_SIZE=%d): spans end faster than they are exported "
+            "(the collector is down or slow, or the export thread gets too little CPU); "
+            "dropping new spans",
+            self._queue_limit,
+        )
+
+    def shutdown(self) -> None:
+        self._closed = True  # the SDK ignores later spans: they must not count as queued
+        super().shutdown()  # type: ignore[no-untyped-call]  # unannotated in the SDK
 
     def _forget_queue(self) -> None:
+        self._let_in_lock = threading.Lock()  # a lock held at the fork stays held in the child
         self._let_in = self._counting_exporter.handed
 
 
@@ -294,7 +307,10 @@ def _batch_processor(exporter: BackgroundExporter) -> BoundedBatchSpanProcessor:
     # (fewer if the queue is smaller: the SDK refuses a batch larger than its queue).
     try:
         queue_size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or _DEFAULT_QUEUE_SIZE)
-    except ValueError:  # refused at start (settings.py); the SDK warns and uses its default
+    except ValueError:  # refused at start (settings.py); an app served otherwise goes on
+        logging.getLogger(__name__).warning(
+            "OTEL_BSP_MAX_QUEUE_SIZE is not a whole number: using %d", _DEFAULT_QUEUE_SIZE
+        )
         queue_size = _DEFAULT_QUEUE_SIZE
     return BoundedBatchSpanProcessor(
         exporter,
