@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -197,18 +198,54 @@ def build_standins(file: Path) -> None:
     with open(Path(tempfile.gettempdir()) / "template-standins.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         result = subprocess.run(
-            ["bash", str(script), str(file)], capture_output=True, text=True, timeout=600, check=False
+            ["bash", str(script), str(file)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=_outside_venv(),
         )
     if result.returncode != 0:
         unavailable(f"stand-in base images could not be built:\n{result.stderr[-2000:]}")
+
+
+def _outside_venv() -> dict[str, str]:
+    """This environment without the test venv: the script's `python3 -m pip` needs the machine's Python."""
+    venv = os.environ.get("VIRTUAL_ENV") or sys.prefix
+    path = [entry for entry in os.environ.get("PATH", "").split(os.pathsep) if not entry.startswith(venv)]
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"}}
+    env["PATH"] = os.pathsep.join(path)
+    return env
+
+
+def provide_images(*images: str) -> None:
+    """These images, as stand-ins where they are missing, whatever names them.
+
+    standins.sh reads the images of `FROM` lines and `image:` keys; one a Dockerfile
+    only copies from (`COPY --from=ghcr.io/astral-sh/uv:...`) or a test runs directly
+    (promtool, amtool) is listed for it here. A fresh machine has none of them.
+    """
+    missing = [image for image in images if not _image_present(image)]
+    if missing:
+        with tempfile.TemporaryDirectory() as folder:
+            listing = Path(folder) / "Dockerfile"
+            listing.write_text("".join(f"FROM {image}\n" for image in missing))
+            build_standins(listing)
+    for image in images:
+        require_image(image)
+
+
+def _image_present(image: str) -> bool:
+    require_docker()
+    result = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60, check=False)
+    return result.returncode == 0
 
 
 def build_app_image(project: Path, python_version: str, tag: str, build_args: dict[str, str]) -> float:
     """Lock a baked project, provide its base images and build its Dockerfile as is; returns the build time."""
     lock_project(project, python_version)
     build_standins(project / "Dockerfile")
-    require_image(f"python:{python_version}-slim")
-    require_image(UV_IMAGE)
+    provide_images(f"python:{python_version}-slim", UV_IMAGE)
     args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
     started = time.monotonic()
     docker("build", "--pull=false", "-t", tag, *args, str(project), timeout=900)
@@ -225,6 +262,7 @@ APP_METRICS = frozenset(
         "http_server_active_requests",
         "app_build_info",
         "app_event_loop_lag_seconds",
+        "otel_sdk_processor_span_processed_total",  # with tracing
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",

@@ -26,8 +26,8 @@ from helpers import (
     DEFAULT_PACKAGE,
     DEFAULT_SLUG,
     TEMPLATE_DIR,
+    provide_images,
     require_executable,
-    require_image,
     run,
     runbook_queries,
     unavailable,
@@ -854,7 +854,7 @@ def test_alertmanager_routes_by_alert_and_service(baked: Any, combo: str) -> Non
 
 def _docker_tool(image: str, tool: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run promtool/amtool of the pinned image (user nobody) on a read-only copy of `folder`."""
-    require_image(image)
+    provide_images(image)
     folder.chmod(0o755)  # pytest's tmp folders are private; the tools run as nobody
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -938,8 +938,7 @@ def test_make_check_stack_runs_the_pinned_tools_and_fails_on_a_broken_rule(bake_
     """The project's own check (its CI's `stack` job): promtool and amtool of the images compose
     pins, as the user running make, with no network; it leaves no container, volume or network."""
     make = require_executable("make")
-    require_image(PROMETHEUS_IMAGE)
-    require_image(ALERTMANAGER_IMAGE)
+    provide_images(PROMETHEUS_IMAGE, ALERTMANAGER_IMAGE)
     project = tmp_path / "project"
     shutil.copytree(bake_once(), project)
     project.chmod(0o700)  # a private checkout: the tools run as the caller, not as nobody

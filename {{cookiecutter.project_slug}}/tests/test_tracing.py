@@ -312,8 +312,8 @@ def test_spans_are_exported_below_the_requests_cpu_priority(
         assert lowered == [], f"every thread at the process's priority: {values}"
 
 
-def run_after_setup(body: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `body` in a fresh interpreter once `setup_tracing()` made `provider`.
+def run_after_setup(body: str, *, setup: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `body` in a fresh interpreter once `setup_tracing(Settings(){setup})` made `provider`.
 
     Fresh, because the provider and the GIL switch interval are process-wide;
     the collector refuses connections.
@@ -321,7 +321,10 @@ def run_after_setup(body: str, **env: str) -> subprocess.CompletedProcess[str]:
     code = (
         "from {{ cookiecutter.package_name }}.observability.tracing import setup_tracing\n"
         "from {{ cookiecutter.package_name }}.settings import Settings\n"
-        "provider = setup_tracing(Settings())\n"
+{%- if cookiecutter.use_metrics %}
+        "from {{ cookiecutter.package_name }}.observability.metrics import spans_processed\n"
+{%- endif %}
+        f"provider = setup_tracing(Settings(){setup})\n"
     ) + body
     environ = {
         **os.environ,
@@ -473,10 +476,20 @@ def test_a_full_span_queue_turns_new_spans_away() -> None:
         "for i in range(200):\n"  # meanwhile: 64 fit in the queue, the rest are turned away
         "    tracer.start_span(f'later-{i}').end()\n"
         "provider.shutdown()\n"
+{%- if cookiecutter.use_metrics %}
+        "from prometheus_client import REGISTRY\n"
+        "for error_type in ('', 'queue_full'):\n"
+        "    print(REGISTRY.get_sample_value(\n"
+        "        'otel_sdk_processor_span_processed_total', {'error_type': error_type}))\n"
+{%- endif %}
     )
-    with OtlpReceiver(delay=0.5) as slow:
+    # Slow enough that the later loop ends well within the first export, even on a loaded machine.
+    with OtlpReceiver(delay=2.0) as slow:
         out = run_after_setup(
             body,
+{%- if cookiecutter.use_metrics %}
+            setup=", count_spans=spans_processed",  # as the app factory does
+{%- endif %}
             OTEL_SDK_DISABLED="false",
             OTEL_EXPORTER_OTLP_ENDPOINT=slow.endpoint,
             OTEL_EXPORTER_OTLP_TIMEOUT="10",
@@ -496,6 +509,12 @@ def test_a_full_span_queue_turns_new_spans_away() -> None:
     if later:
         assert later == list(range(later[0], later[0] + len(later))), later
     assert "Span queue full" in out.stderr, "the drop is reported"
+{%- if cookiecutter.use_metrics %}
+    # /metrics counts both: every span exported, and every one turned away.
+    handed, turned_away = (float(line) for line in out.stdout.split())
+    assert handed == len(names)
+    assert turned_away == 200 - len(later)
+{%- endif %}
 
 
 @pytest.fixture

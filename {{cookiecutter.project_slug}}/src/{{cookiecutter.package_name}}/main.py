@@ -27,6 +27,9 @@ from .observability.metrics import (
     request_finished,
     request_started,
     setup_metrics,
+{%- if cookiecutter.use_tracing %}
+    spans_processed,
+{%- endif %}
 )
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
@@ -47,7 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
+{%- if cookiecutter.use_metrics %}
+    tracer_provider = setup_tracing(settings, count_spans=spans_processed)
+{%- else %}
     tracer_provider = setup_tracing(settings)
+{%- endif %}
 {%- endif %}
 
     @asynccontextmanager

@@ -15,6 +15,13 @@
 - `app_event_loop_lag_seconds`: the worst delay, over the last 15 s, of a
   timer the event loop should run every 50 ms; a blocking call in async code
   shows up here before it shows up as latency.
+{%- if cookiecutter.use_tracing %}
+- `otel_sdk_processor_span_processed_total{error_type}`: spans the batch span
+  processor is done with, as OpenTelemetry's SDK metric of that name counts
+  them: handed to the exporter, or dropped (`error_type="queue_full"`: the
+  collector is down or slow, or the export thread short of CPU). Traces
+  missing from the backend show up here.
+{%- endif %}
 
 Labels stay bounded: routes are templates (`/items/{item_id}`), unmatched
 paths are `__unmatched__`, unknown methods are `_OTHER`, and probes and
@@ -39,7 +46,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+{%- if cookiecutter.use_tracing %}
+    Counter,
+{%- endif %}
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -74,6 +90,16 @@ EVENT_LOOP_LAG = Gauge(
     "Worst delay of the event loop's timers over the last 15 seconds.",
     multiprocess_mode="livemax",
 )
+{%- if cookiecutter.use_tracing %}
+SPANS_PROCESSED = Counter(
+    "otel_sdk_processor_span_processed",
+    "Spans the batch span processor is done with: handed to the exporter, or dropped (error_type).",
+    ["error_type"],
+)
+# Both series exist from the start, at 0: a rate over them works before the first drop.
+_spans_exported = SPANS_PROCESSED.labels("")  # no error_type: processed successfully
+_spans_dropped = SPANS_PROCESSED.labels("queue_full")
+{%- endif %}
 # Checked often, so that a stall of the loop always covers a check; kept as the
 # worst of a window as long as Prometheus' scrape interval, so that no stall
 # falls between two scrapes (the lag of the last check alone would show a
@@ -114,6 +140,15 @@ def request_finished(info: RequestInfo) -> None:
         histogram.observe(info.duration)
 {%- else %}
     histogram.observe(info.duration)
+{%- endif %}
+
+
+{%- if cookiecutter.use_tracing %}
+
+
+def spans_processed(count: int, dropped: bool) -> None:
+    """Count spans the batch span processor is done with (tracing.py tells)."""
+    (_spans_dropped if dropped else _spans_exported).inc(count)
 {%- endif %}
 
 

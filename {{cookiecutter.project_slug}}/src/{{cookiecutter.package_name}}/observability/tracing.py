@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import Token
 from typing import Any
 
@@ -61,6 +61,9 @@ from starlette.types import Scope
 
 from ..settings import DEFAULT_SPAN_EXPORT_TIMEOUT_MS, Settings, span_flush_seconds
 from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
+
+# Told how many spans the batch processor is done with, and whether it dropped them.
+SpanCounter = Callable[[int, bool], None]
 
 _DEFAULT_EXPORT_BATCH_SIZE = 64
 _DEFAULT_QUEUE_SIZE = 2048  # the SDK's
@@ -90,8 +93,8 @@ class RateLimitFilter(logging.Filter):
     """Lets one record per message template through per interval, counting the rest.
 
     A filter runs only after the record exists (a stack walk and a LogRecord,
-    several microseconds), and the SDK logs once per dropped span: thousands a
-    second while a dead collector keeps the queue full. So a logger that
+    several microseconds), and a full span queue warns once per span turned
+    away: thousands a second while a dead collector keeps it full. So a logger that
     repeats itself is also muted for `mute_seconds`; its records are then not
     even created, and the count of suppressed ones becomes a lower bound.
 
@@ -173,14 +176,17 @@ class BackgroundExporter(OTLPSpanExporter):
     processor's queue has no other way out.
     """
 
-    def __init__(self, nice: int) -> None:
+    def __init__(self, nice: int, count_spans: SpanCounter | None = None) -> None:
         super().__init__()
         self.nice = nice if sys.platform == "linux" else 0
         self._lowered = threading.local()
         self.handed = 0  # written by one exporting thread at a time (the processor's export lock)
+        self.count_spans = count_spans
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.handed += len(spans)
+        if self.count_spans is not None:
+            self.count_spans(len(spans), False)
         if self.nice and not getattr(self._lowered, "done", False):
             self._lowered.done = True
             if threading.current_thread().name.startswith(_EXPORT_THREAD_PREFIX):
@@ -193,9 +199,10 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
 
     The SDK's queue keeps the newest spans: while the collector is down or slow,
     each new span evicts the oldest, so the full queue is always young objects
-    that every young-generation garbage collection walks and promotes. Pauses of
-    1-2 ms became ten times as frequent, and the requests that met one took the
-    p99 up by 11-27 % (benchmarks/faults.py). A span turned away dies with its
+    that every young-generation garbage collection walks and promotes. Pauses
+    over 1 ms became 30 times as frequent, and the requests that met one took
+    the p99 8-19 % above a working pipeline's (benchmarks/faults.py). A span
+    turned away dies with its
     request instead. During an outage the spans kept are the first of it, not
     the last; either way the rest is lost, and a warning says so.
 
@@ -214,8 +221,9 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         self._closed = False
         # A forked child starts with an empty queue (the SDK clears it): so does the count.
         # Weakly: a processor must not live on for the hook's sake.
-        forget = weakref.WeakMethod(self._forget_queue)
-        os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
+        if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+            forget = weakref.WeakMethod(self._forget_queue)
+            os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._closed or not (span.context and span.context.trace_flags.sampled):
@@ -225,6 +233,8 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
                 self._let_in += 1
                 super().on_end(span)
                 return
+        if self._counting_exporter.count_spans is not None:
+            self._counting_exporter.count_spans(1, True)
         _queue_logger.warning(
             "Span queue full (OTEL_BSP_MAX_QUEUE_SIZE=%d): spans end faster than they are exported "
             "(the collector is down or slow, or the export thread gets too little CPU); "
@@ -253,11 +263,12 @@ def _lower_thread_priority(steps: int) -> None:
         logging.getLogger(__name__).warning("could not lower the span export priority: %s", error)
 
 
-def setup_tracing(settings: Settings) -> TracerProvider:
+def setup_tracing(settings: Settings, count_spans: SpanCounter | None = None) -> TracerProvider:
     """Create the process's tracer provider once; later calls return it.
 
     Called from the app factory, so every worker process builds its own
     provider and export thread after the fork (never in a preloading parent).
+    `count_spans` hears of every span exported or dropped (the metrics).
     """
     global _provider  # noqa: PLW0603 - one provider per process
     if _provider is None:
@@ -289,7 +300,7 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         # OTEL_TRACES_EXPORTER=none: spans still get ids to correlate by, and go nowhere.
         if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() != "none":
             _rate_limit.start()
-            exporter = BackgroundExporter(settings.span_export_nice)
+            exporter = BackgroundExporter(settings.span_export_nice, count_spans)
             if exporter.nice:
                 sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
             _provider.add_span_processor(_batch_processor(exporter))
