@@ -94,8 +94,8 @@ class RateLimitFilter(logging.Filter):
 
     A filter runs only after the record exists (a stack walk and a LogRecord,
     several microseconds), and a full span queue warns once per span turned
-    away: thousands a second while a dead collector keeps it full. So a logger that
-    repeats itself is also muted for `mute_seconds`; its records are then not
+    away: thousands a second while a dead collector keeps it full. So a logger
+    that repeats itself is also muted for `mute_seconds`; its records are then not
     even created, and the count of suppressed ones becomes a lower bound.
 
     A muted logger never reaches its filters again, so one thread per process
@@ -202,9 +202,9 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
     that every young-generation garbage collection walks and promotes. Pauses
     over 1 ms became 30 times as frequent, and the requests that met one took
     the p99 8-19 % above a working pipeline's (benchmarks/faults.py). A span
-    turned away dies with its
-    request instead. During an outage the spans kept are the first of it, not
-    the last; either way the rest is lost, and a warning says so.
+    turned away dies with its request instead. During an outage the spans kept
+    are the first of it, not the last; either way the rest is lost, and a
+    warning says so.
 
     The queue's length is counted from the outside: spans let in, minus spans
     handed to the exporter (the way out; a forked child starts empty). One lock
