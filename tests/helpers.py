@@ -92,11 +92,7 @@ def require_docker() -> None:
 
 def require_image(image: str) -> None:
     """A (stand-in) image must exist locally, or be pulled when PULL_IMAGES=1."""
-    require_docker()
-    result = subprocess.run(
-        ["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60, check=False
-    )
-    if result.returncode == 0:
+    if _image_present(image):
         return
     if PULL_IMAGES:
         pulled = subprocess.run(["docker", "pull", image], capture_output=True, text=True, timeout=600, check=False)
