@@ -16,7 +16,6 @@ go to the logs, never to the client, unless debug mode is on.
 """
 
 import asyncio
-import json
 import traceback
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -63,19 +62,6 @@ def error_response(
         headers["X-Trace-Id"] = trace_id
 {%- endif %}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
-def refusal_body(status: int, request_id: str) -> bytes:
-    """The error body of a request refused by the server before the app saw it."""
-    body: dict[str, Any] = {
-        "status": status,
-        "message": HTTPStatus(status).phrase,
-        "request_id": request_id,
-{%- if cookiecutter.use_tracing %}
-        "trace_id": None,  # refused before a span could start
-{%- endif %}
-    }
-    return json.dumps({"error": body}).encode()
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -24,21 +24,19 @@ from .observability.logging import configure_logging, flush_logs, log_request
 {%- if cookiecutter.use_metrics %}
 from .observability.metrics import (
     event_loop_monitor,
+    forget_this_process,
     request_finished,
     request_started,
     setup_metrics,
-{%- if cookiecutter.use_tracing %}
-    spans_processed,
-{%- endif %}
 )
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
 from .observability.tracing import (
-    instrument_client,
+    configure_tracing,
+    flush_spans,
     server_spans,
-    setup_tracing,
-    shutdown_tracing,
     telemetry_config,
+    watch_export,
 )
 {%- endif %}
 from .settings import Settings, get_settings{% if cookiecutter.use_json_logging %}, summary{% endif %}
@@ -50,11 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
-{%- if cookiecutter.use_metrics %}
-    tracer_provider = setup_tracing(settings, count_spans=spans_processed)
-{%- else %}
-    tracer_provider = setup_tracing(settings)
-{%- endif %}
+    configure_tracing()  # once per process: a no-op under opentelemetry-instrument
+    {% if cookiecutter.use_json_logging %}tracing = {% endif %}watch_export()
 {%- endif %}
 
     @asynccontextmanager
@@ -67,9 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- else %}
         async with httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client:
 {%- endif %}
-{%- if cookiecutter.use_tracing %}
-            instrument_client(client, tracer_provider)
-{%- endif %}
             app.state.http_client = client
             # What startup built lives as long as the process. Frozen, it is left out of
             # the collector's full passes, each of which would otherwise walk all of it
@@ -77,11 +69,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
 {%- if cookiecutter.use_json_logging %}
+{%- if cookiecutter.use_tracing %}
+            logging.getLogger(__name__).info("started: %s; %s", summary(settings), tracing)
+{%- else %}
             logging.getLogger(__name__).info("started: %s", summary(settings))
 {%- endif %}
+{%- endif %}
             yield
+{%- if cookiecutter.use_metrics %}
+        forget_this_process()
+{%- endif %}
 {%- if cookiecutter.use_tracing %}
-        shutdown_tracing()
+        flush_spans(settings.span_flush_seconds)
 {%- endif %}
 {%- if cookiecutter.use_json_logging %}
         flush_logs()
@@ -98,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.api_docs else None,
         lifespan=lifespan,
 {%- if cookiecutter.use_tracing %}
-        telemetry=telemetry_config(settings, tracer_provider),
+        telemetry=telemetry_config(settings),
 {%- else %}
         telemetry={"tracing": False, "metrics": False, "logs": False},
 {%- endif %}
@@ -127,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
         resolve_route=RouteResolver(lambda: app.routes),
 {%- if cookiecutter.use_tracing %}
-        spans=server_spans(settings, tracer_provider),
+        spans=server_spans(settings),
 {%- endif %}
     )
 {%- else %}

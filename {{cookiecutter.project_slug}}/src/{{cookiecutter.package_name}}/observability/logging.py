@@ -1,9 +1,9 @@
 """Logs: loguru, one JSON object per line on stdout, with {% if cookiecutter.use_tracing %}trace and {% endif %}request ids.
 
-- stdlib `logging` (uvicorn, gunicorn, httpx, ...) is routed into loguru, so
-  every line goes through the same sink and none is printed twice.
-- uvicorn's access log is off; `log_request` writes one structured access
-  line per request instead.
+- stdlib `logging` (uvicorn, httpx, the OpenTelemetry SDK, ...) is routed
+  into loguru, so every line goes through the same sink and none is printed twice.
+- uvicorn's access log is off (`python -m` turns it off); `log_request` writes
+  one structured access line per request instead.
 - The event loop never waits for stdout: lines go to a bounded in-memory
   buffer drained by a writer thread. If stdout blocks (a stalled log
   collector), the buffer fills up to `log_buffer_lines`, further lines are
@@ -16,7 +16,6 @@
 
 import atexit
 import logging
-import os
 import sys
 import threading
 import time
@@ -40,9 +39,7 @@ if TYPE_CHECKING:
     from loguru import Message, Record
 
 # stdlib loggers whose own handlers would print a second copy of each line.
-_ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn", "gunicorn.error")
-# Replaced by the structured access line of `log_request`.
-_SILENCED_LOGGERS = ("uvicorn.access", "gunicorn.access")
+_ROUTED_LOGGERS = ("uvicorn", "uvicorn.error")
 # httpx logs every call's full URL at INFO, credentials in it included (a signed
 # URL's query, user:password@); kept to its warnings.
 _QUIET_LOGGERS = ("httpx",)
@@ -58,24 +55,12 @@ class BufferedWriter:
         self._interval = flush_interval
         self._lines: deque[bytes] = deque()
         self._closed = False
-        self._start()
-        # A forked process (a gunicorn worker) inherits the buffer but not the thread.
-        os.register_at_fork(after_in_child=self._start_in_child)
-
-    def _start(self) -> None:
         self._dropped = 0
         self._wake = threading.Event()
         self._drain_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
-
-    def _start_in_child(self) -> None:
-        # What the parent had buffered is the parent's to write; written here too, every
-        # such line would come out twice. The locks may have been held by the parent's thread.
-        self._lines.clear()
-        if not self._closed:
-            self._start()
 
     def write(self, line: bytes) -> None:
         if len(self._lines) >= self._max_lines:
@@ -271,7 +256,7 @@ class InterceptHandler(logging.Handler):
         )
 
 
-_writer: BufferedWriter | None = None  # one per process, forked workers included
+_writer: BufferedWriter | None = None  # one per process
 
 
 def configure_logging(settings: Settings) -> None:
@@ -319,8 +304,6 @@ def configure_logging(settings: Settings) -> None:
         routed = logging.getLogger(name)
         routed.handlers = []
         routed.propagate = True
-    for name in _SILENCED_LOGGERS:
-        logging.getLogger(name).disabled = True
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logger.level(settings.log_level).no))
 

@@ -15,13 +15,6 @@
 - `app_event_loop_lag_seconds`: the worst delay, over the last 15 s, of a
   timer the event loop should run every 50 ms; a blocking call in async code
   shows up here before it shows up as latency.
-{%- if cookiecutter.use_tracing %}
-- `otel_sdk_processor_span_processed_total{error_type}`: spans the batch span
-  processor is done with, as OpenTelemetry's SDK metric of that name counts
-  them: handed to the exporter, or dropped (`error_type="queue_full"`: the
-  collector is down or slow, or the export thread short of CPU). Traces
-  missing from the backend show up here.
-{%- endif %}
 
 Labels stay bounded: routes are templates (`/items/{item_id}`), unmatched
 paths are `__unmatched__`, unknown methods are `_OTHER`, and probes and
@@ -49,15 +42,12 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
-{%- if cookiecutter.use_tracing %}
-    Counter,
-{%- endif %}
     Gauge,
     Histogram,
     start_http_server,
 )
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from ..settings import Settings
 from .context import RequestInfo
@@ -90,16 +80,6 @@ EVENT_LOOP_LAG = Gauge(
     "Worst delay of the event loop's timers over the last 15 seconds.",
     multiprocess_mode="livemax",
 )
-{%- if cookiecutter.use_tracing %}
-SPANS_PROCESSED = Counter(
-    "otel_sdk_processor_span_processed",
-    "Spans the batch span processor is done with: handed to the exporter, or dropped (error_type).",
-    ["error_type"],
-)
-# Both series exist from the start, at 0: a rate over them works before the first drop.
-_spans_exported = SPANS_PROCESSED.labels("")  # no error_type: processed successfully
-_spans_dropped = SPANS_PROCESSED.labels("queue_full")
-{%- endif %}
 # Checked often, so that a stall of the loop always covers a check; kept as the
 # worst of a window as long as Prometheus' scrape interval, so that no stall
 # falls between two scrapes (the lag of the last check alone would show a
@@ -143,13 +123,10 @@ def request_finished(info: RequestInfo) -> None:
 {%- endif %}
 
 
-{%- if cookiecutter.use_tracing %}
-
-
-def spans_processed(count: int, dropped: bool) -> None:
-    """Count spans the batch span processor is done with (tracing.py tells)."""
-    (_spans_dropped if dropped else _spans_exported).inc(count)
-{%- endif %}
+def forget_this_process() -> None:
+    """On a worker's way out: its live gauges leave the merged totals, its counters stay."""
+    if multiprocess_enabled():
+        mark_process_dead(os.getpid())
 
 
 async def _measure_event_loop_lag(interval: float, window: float) -> None:
@@ -202,7 +179,7 @@ def setup_metrics(app: FastAPI, settings: Settings) -> None:
     BUILD_INFO.labels(settings.version, settings.git_commit, platform.python_version()).set(1)
     if settings.metrics_port is not None:
         # A separate listener keeps /metrics off the port the public reaches. With several
-        # workers the gunicorn parent serves it, once for all (see __main__.py).
+        # workers the parent process serves it, once for all (see __main__.py).
         if settings.workers == 1:
             start_http_server(settings.metrics_port, settings.host, _scrape_registry())
         return

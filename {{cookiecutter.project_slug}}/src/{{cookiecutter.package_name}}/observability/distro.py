@@ -1,0 +1,72 @@
+"""The service's OpenTelemetry distro: its tracing defaults, however the service starts.
+
+OpenTelemetry sets a Python process up in three steps: a distro sets defaults,
+a configurator builds the SDK (provider, sampler, exporter, propagators) from
+the `OTEL_*` variables, and every instrumentation package installed loads
+itself. `opentelemetry-instrument python -m {{ cookiecutter.package_name }}` runs them before the
+service; `python -m {{ cookiecutter.package_name }}` runs the same three steps itself
+(tracing.py). With `OTEL_PYTHON_DISTRO={{ cookiecutter.package_name }}` both pick this distro, then
+opentelemetry-distro's configurator, which is the SDK's standard setup: one
+provider, whichever way the process started.
+
+Each default applies only where its variable is unset: operators set
+`OTEL_*` as they would for any other service.
+"""
+
+import os
+from typing import Any
+from urllib.parse import quote
+
+from opentelemetry.distro import OpenTelemetryDistro
+
+# The entry point's name in pyproject.toml, which OTEL_PYTHON_DISTRO names.
+NAME = "{{ cookiecutter.package_name }}"
+
+DEFAULTS = {
+    "OTEL_TRACES_EXPORTER": "otlp",
+    # The exporter installed speaks OTLP over HTTP with protobuf bodies.
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    # {% if cookiecutter.use_metrics %}prometheus-client serves the metrics{% else %}The service exports no metrics{% endif %}, and the logs go to stdout.
+    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "none",
+    # The W3C trace context only, not baggage: any client can write a baggage header,
+    # and services downstream may trust what it says (`user.id=admin`). Behind a
+    # gateway that strips it, set OTEL_PROPAGATORS=tracecontext,baggage.
+    "OTEL_PROPAGATORS": "tracecontext",
+    # Every span in a trace speaks the stable HTTP conventions, the instrumentations' too.
+    "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+    # The request middleware records the one server span per request: these would add
+    # a second one (and ASGI send spans). Every other installed instrumentation loads.
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "fastapi,starlette,asgi",
+    # opentelemetry-distro's configurator: the SDK's standard setup.
+    "OTEL_PYTHON_CONFIGURATOR": "configurator",
+    # The client writes the path, the query and the User-Agent: a megabyte header
+    # must not become a megabyte span in the trace backend.
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "4096",
+}
+# The export thread encodes a batch while holding the GIL: batches of 64 spans
+# instead of the SDK's 512 keep the pause a request can meet short. Not with a
+# queue of the operator's own, which may be smaller (the SDK refuses a larger batch).
+BATCH_SIZE = "64"
+
+
+class ServiceDistro(OpenTelemetryDistro):
+    """opentelemetry-distro's distro, with the service's defaults instead of its own."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        from ..settings import get_settings  # noqa: PLC0415 - the settings read .env: only now
+
+        for variable, value in DEFAULTS.items():
+            os.environ.setdefault(variable, value)
+        if "OTEL_BSP_MAX_QUEUE_SIZE" not in os.environ:
+            os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BATCH_SIZE)
+        settings = get_settings()
+        # Before the operator's own attributes, which win (OTEL_SERVICE_NAME wins over all).
+        ours = {
+            "service.name": settings.service_name,
+            "service.version": settings.version,
+            "deployment.environment.name": settings.environment,
+        }
+        given = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+        pairs = [f"{key}={quote(value, safe='')}" for key, value in ours.items()]
+        os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join([*pairs, given] if given else pairs)
