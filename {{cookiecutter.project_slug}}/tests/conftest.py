@@ -15,7 +15,7 @@ import tempfile
 {%- endif %}
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Protocol
@@ -126,11 +126,33 @@ def header_recorder(delay: float = 0.0) -> Iterator[tuple[str, list[dict[str, st
         httpd.server_close()
 
 
+# The service as a developer extends it (extended_app.py), served by the uvicorn command.
+EXTENDED_APP = [
+    "uvicorn",
+    "extended_app:create",
+    "--factory",
+    "--app-dir",
+    ".",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "{port}",
+]
+
+
 class Server:
-    """`python -m {{ cookiecutter.package_name }}` on a free port, its stdout collected line by line."""
+    """`python -m {{ cookiecutter.package_name }}` on a free port, its stdout collected line by line.
+
+    `launcher` goes before the interpreter: `opentelemetry-instrument`, say.
+    """
 
     def __init__(
-        self, env: dict[str, str], *, module: list[str] | None = None, read_output: bool = True
+        self,
+        env: dict[str, str],
+        *,
+        module: list[str] | None = None,
+        read_output: bool = True,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -155,6 +177,7 @@ class Server:
         }
         self.process = subprocess.Popen(
             [
+                *launcher,
                 sys.executable,
                 "-m",
                 *(arg.format(port=self.port) for arg in module or ["{{ cookiecutter.package_name }}"]),
@@ -216,6 +239,7 @@ class StartServer(Protocol):
         *,
         module: list[str] | None = None,
         read_output: bool = True,
+        launcher: Sequence[str] = (),
     ) -> Server: ...
 
 
@@ -229,8 +253,9 @@ def start_server() -> Iterator[StartServer]:
         *,
         module: list[str] | None = None,
         read_output: bool = True,
+        launcher: Sequence[str] = (),
     ) -> Server:
-        server = Server(env or {}, module=module, read_output=read_output)
+        server = Server(env or {}, module=module, read_output=read_output, launcher=launcher)
         servers.append(server)
         server.wait_ready()
         return server
@@ -239,7 +264,7 @@ def start_server() -> Iterator[StartServer]:
     for server in servers:
         # Only while the master runs: once reaped, its pid (the group's id) may be another's.
         if server.process.poll() is None:
-            # The whole group: with APP_WORKERS > 1, gunicorn's workers outlive a killed master.
+            # The whole group: with APP_WORKERS > 1, uvicorn's workers outlive a killed parent.
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(10)
 {%- if cookiecutter.use_metrics %}

@@ -1,4 +1,4 @@
-"""The service as a developer extends it: background tasks and a mounted FastAPI app.
+"""The service as a developer extends it: background tasks{% if cookiecutter.use_tracing %}, a database, a span of its own{% endif %} and a mounted FastAPI app.
 
 Served by uvicorn from test_extending.py, with the settings of the environment.
 """
@@ -7,6 +7,10 @@ import asyncio
 import logging
 
 from fastapi import BackgroundTasks, FastAPI
+{%- if cookiecutter.use_tracing %}
+from opentelemetry import trace
+from sqlalchemy import create_engine, text
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.errors import install_error_handlers
 from {{ cookiecutter.package_name }}.main import create_app
@@ -34,6 +38,19 @@ def create() -> FastAPI:
     async def notify(tasks: BackgroundTasks) -> dict[str, str]:
         tasks.add_task(failing_task)
         return {"notification": "queued"}
+
+{%- if cookiecutter.use_tracing %}
+
+    # Traced by opentelemetry-instrumentation-sqlalchemy, which is only installed: no code here.
+    engine = create_engine("sqlite://")
+    tracer = trace.get_tracer("extended_app")
+
+    @app.get("/api/stock/{item_id}")
+    def stock(item_id: int) -> dict[str, int]:
+        with tracer.start_as_current_span("count stock"), engine.connect() as connection:
+            count = connection.execute(text("SELECT :n"), {"n": item_id}).scalar_one()
+        return {"id": item_id, "stock": count}
+{%- endif %}
 
     v2 = FastAPI()
 

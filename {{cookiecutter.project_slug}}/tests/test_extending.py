@@ -21,23 +21,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 {%- endif %}
 
-from conftest import Server, StartServer, read_until_closed
+from conftest import EXTENDED_APP, Server, StartServer, read_until_closed
 {%- if cookiecutter.use_tracing %}
 from otlp_receiver import OtlpReceiver
 {%- endif %}
-
-EXTENDED_APP = [
-    "uvicorn",
-    "extended_app:create",
-    "--factory",
-    "--app-dir",
-    ".",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    "{port}",
-]
-{%- if cookiecutter.use_json_logging %}
+{% if cookiecutter.use_json_logging %}
 ENV = {"APP_LOG_FORMAT": "json"}
 {%- else %}
 ENV: dict[str, str] = {}

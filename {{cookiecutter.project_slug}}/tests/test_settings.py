@@ -31,23 +31,12 @@ BAD_VALUES = [
 {%- if cookiecutter.use_metrics %}
     ("APP_METRICS_PORT", "{{ cookiecutter.port }}", "must differ from APP_PORT"),
 {%- endif %}
-{%- if cookiecutter.use_tracing %}
-    ("OTEL_TRACES_EXPORTER", "console", "'otlp' or 'none'"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "'http/protobuf'"),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "URL"),
-    ("OTEL_TRACES_SAMPLER_ARG", "2", "less than or equal to 1"),
-    ("OTEL_PROPAGATORS", "tracecontext,b3", "unknown propagator 'b3'"),
-    ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "greater than or equal to 1"),
-    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096", "must not exceed OTEL_BSP_MAX_QUEUE_SIZE"),
-    ("OTEL_BSP_EXPORT_TIMEOUT", "2.5", "whole number"),
-    ("OTEL_BSP_MAX_QUEUE_SIZE", "64.0", "whole number"),
-{%- endif %}
 ]
 
 
 @pytest.mark.parametrize(("variable", "value", "says"), BAD_VALUES)
 def test_a_bad_value_stops_the_start_with_one_line(variable: str, value: str, says: str) -> None:
-    env = {**os.environ, "APP_HOST": "127.0.0.1", "OTEL_SDK_DISABLED": "false", variable: value}
+    env = {**os.environ, "APP_HOST": "127.0.0.1", variable: value}
     if variable != "APP_PORT":
         env["APP_PORT"] = "{{ cookiecutter.port }}"
     result = subprocess.run(
@@ -66,19 +55,6 @@ def test_a_bad_value_stops_the_start_with_one_line(variable: str, value: str, sa
     if not value.replace(".", "").isdigit():
         assert value not in line, "the value is never repeated: it may be a secret"
     assert result.stdout == ""
-{%- if cookiecutter.use_tracing %}
-
-
-def test_with_the_sdk_off_the_otel_variables_are_not_checked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.chdir(TESTS_DIR)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # set by a platform, say
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    assert configuration_errors() == []
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
-    assert configuration_errors() != []
-{%- endif %}
 
 
 def test_nothing_is_wrong_with_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,7 +91,7 @@ def _ipv6_available() -> bool:
 
 @pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 on this host")
 def test_an_ipv6_host_is_served_by_several_workers(start_server: StartServer) -> None:
-    # gunicorn's "::" also takes the IPv4 connections of the fixture's readiness check.
+    # "::" also takes the IPv4 connections of the fixture's readiness check (dual stack).
     server = start_server({"APP_HOST": "::", "APP_WORKERS": "2"})
     url = f"http://[::1]:{server.port}/api/items/1"
     assert httpx.get(url).status_code == 200

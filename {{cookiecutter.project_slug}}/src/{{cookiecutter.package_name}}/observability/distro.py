@@ -17,7 +17,9 @@ import os
 from typing import Any
 from urllib.parse import quote
 
+from opentelemetry import propagate
 from opentelemetry.distro import OpenTelemetryDistro
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # The entry point's name in pyproject.toml, which OTEL_PYTHON_DISTRO names.
 NAME = "{{ cookiecutter.package_name }}"
@@ -56,6 +58,10 @@ class ServiceDistro(OpenTelemetryDistro):
     def _configure(self, **kwargs: Any) -> None:
         from ..settings import get_settings  # noqa: PLC0415 - the settings read .env: only now
 
+        if "OTEL_PROPAGATORS" not in os.environ:
+            # opentelemetry.propagate read the variable when it was imported, before any
+            # distro ran: the default is set here too, through its public setter.
+            propagate.set_global_textmap(TraceContextTextMapPropagator())
         for variable, value in DEFAULTS.items():
             os.environ.setdefault(variable, value)
         if "OTEL_BSP_MAX_QUEUE_SIZE" not in os.environ:
