@@ -48,17 +48,16 @@ STACK_SERVICES = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeg
 DEPENDENCIES = frozenset(
     {
         "fastapi",
-        "gunicorn",
         "httptools",
         "httpx",
         "pydantic_settings",
         "sniffio",
         "uvicorn",
         "uvloop",
-        "uvicorn_worker",
         "loguru",
         "orjson",
         "prometheus_client",
+        "opentelemetry_distro",
         "opentelemetry_exporter_otlp_proto_http",
         "opentelemetry_instrumentation_httpx",
         "opentelemetry_sdk",
@@ -69,6 +68,8 @@ DEPENDENCIES = frozenset(
         "pytest",
         "ruff",
         "opentelemetry_proto",
+        "opentelemetry_instrumentation_sqlalchemy",
+        "sqlalchemy",
         "uv_build",
     }
 )

@@ -8,8 +8,8 @@ import logging
 
 from fastapi import BackgroundTasks, FastAPI
 {%- if cookiecutter.use_tracing %}
+import sqlalchemy
 from opentelemetry import trace
-from sqlalchemy import create_engine, text
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.errors import install_error_handlers
@@ -42,13 +42,15 @@ def create() -> FastAPI:
 {%- if cookiecutter.use_tracing %}
 
     # Traced by opentelemetry-instrumentation-sqlalchemy, which is only installed: no code here.
-    engine = create_engine("sqlite://")
+    # Looked up now, not imported at the top: served by the uvicorn command, this module is
+    # imported before the app factory sets tracing up (`python -m` sets it up first).
+    engine = sqlalchemy.create_engine("sqlite://")
     tracer = trace.get_tracer("extended_app")
 
     @app.get("/api/stock/{item_id}")
     def stock(item_id: int) -> dict[str, int]:
         with tracer.start_as_current_span("count stock"), engine.connect() as connection:
-            count = connection.execute(text("SELECT :n"), {"n": item_id}).scalar_one()
+            count = connection.execute(sqlalchemy.text("SELECT :n"), {"n": item_id}).scalar_one()
         return {"id": item_id, "stock": count}
 {%- endif %}
 
