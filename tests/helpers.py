@@ -258,7 +258,6 @@ APP_METRICS = frozenset(
         "http_server_active_requests",
         "app_build_info",
         "app_event_loop_lag_seconds",
-        "otel_sdk_processor_span_processed_total",  # with tracing
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",

@@ -312,7 +312,11 @@ def test_compose_services_are_hardened_and_pinned(baked: Any, combo: str) -> Non
     match = re.search(r"graceful_timeout_seconds: float = Field\(default=([\d.]+)", settings)
     assert match, "the graceful timeout's default is not where this test looks"
     graceful = float(match[1])
-    flush = 5 if _on(answers, "use_tracing") else 0  # OTEL_BSP_EXPORT_TIMEOUT
+    flush = 0.0
+    if _on(answers, "use_tracing"):
+        match = re.search(r"span_flush_seconds: float = Field\(default=([\d.]+)", settings)
+        assert match, "the span flush budget's default is not where this test looks"
+        flush = float(match[1])
     assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= graceful + flush + 5, (grace, graceful)
     # The limit the memory alerts compare against (512 MiB, app:memory_limit_bytes).
     assert int(app["mem_limit"]) == 512 * 1024 * 1024

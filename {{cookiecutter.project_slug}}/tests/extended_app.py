@@ -1,14 +1,16 @@
-"""The service as a developer extends it: background tasks{% if cookiecutter.use_tracing %}, a database, a span of its own{% endif %} and a mounted FastAPI app.
+"""The service as a developer extends it: background tasks{% if cookiecutter.use_tracing %}, a database, a span{% endif %} and a mounted app.
 
-Served by uvicorn from test_extending.py, with the settings of the environment.
+Served by uvicorn from test_extending.py{% if cookiecutter.use_tracing %} and test_tracing.py{% endif %}, with the settings of the environment.
 """
 
 import asyncio
 import logging
 
+{% if cookiecutter.use_tracing -%}
+import sqlalchemy
+{% endif -%}
 from fastapi import BackgroundTasks, FastAPI
 {%- if cookiecutter.use_tracing %}
-import sqlalchemy
 from opentelemetry import trace
 {%- endif %}
 
