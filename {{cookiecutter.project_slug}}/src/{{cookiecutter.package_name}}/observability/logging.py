@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 # stdlib loggers whose own handlers would print a second copy of each line.
 _ROUTED_LOGGERS = ("uvicorn", "uvicorn.error")
 # httpx logs every call's full URL at INFO, credentials in it included (a signed
-# URL's query, user:password@); kept to its warnings.
-_QUIET_LOGGERS = ("httpx",)
+# URL's query, user:password@); uvicorn's access log, which the app's access line
+# replaces, is on when the uvicorn command serves the app: both kept to their warnings.
+_QUIET_LOGGERS = ("httpx", "uvicorn.access")
 _RESERVED = frozenset({"timestamp", "level", "message", "logger", "module", "function", "line"})
 
 

@@ -1,25 +1,18 @@
 """Traces: OpenTelemetry, set up the standard way, exporting over OTLP/HTTP.
 
-`configure_tracing` runs what `opentelemetry-instrument` runs (distro.py says
-which defaults the service brings): the SDK reads every `OTEL_*` variable
-itself, and each instrumentation package installed (`opentelemetry-bootstrap
--a install`, or one added by hand) instruments its library: httpx here, a
-database driver or a cache client as the service grows.
+`configure_tracing` runs what `opentelemetry-instrument` runs, with the
+defaults of distro.py: the SDK reads the `OTEL_*` variables, and every
+instrumentation package installed instruments its library (httpx here; a
+database driver or a cache client as the service grows).
 
-One server span per request, named and attributed as the HTTP semantic
-conventions say, is recorded by `ServerSpans`, which the request middleware
-(context.py) calls around the app: that costs about half of what FastAPI's
-native tracing or the ASGI instrumentation does. FastAPI's native tracing
-takes over only when its per-operation spans are asked for
-(`APP_TRACE_OPERATION_SPANS`). A request that is not sampled costs an id and
-a context, not a span.
+`ServerSpans`, called by the request middleware (context.py), records one
+server span per request as the HTTP semantic conventions say, at about half
+the cost of FastAPI's native tracing, which takes over only for its
+per-operation spans (`APP_TRACE_OPERATION_SPANS`). A request that is not
+sampled costs ids and a context, not a span.
 
-Spans leave from the SDK's batch processor, through its bounded queue
-(OTEL_BSP_MAX_QUEUE_SIZE): when the collector is down or slow, requests do
-not wait for it, and the SDK drops spans once the queue is full (its warning
-says so). The SDK's export warnings come out at most once a minute per
-message; while nothing has ever answered at the span endpoint (a first `make
-run` without the stack), the start says so once and they stay quiet.
+Spans leave through the SDK's bounded queue: requests never wait for the
+collector, and a full queue drops spans with the SDK's own warning.
 """
 
 import logging
@@ -56,11 +49,7 @@ _logger = logging.getLogger(__name__)
 
 
 def configure_tracing() -> None:
-    """Set tracing up as `opentelemetry-instrument` does, unless it already is in this process.
-
-    Under `opentelemetry-instrument` the provider exists before the service
-    starts; in a worker process, or under `python -m`, this builds it.
-    """
+    """Set tracing up as `opentelemetry-instrument` does, unless that already happened."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     os.environ.setdefault("OTEL_PYTHON_DISTRO", distro.NAME)
@@ -68,10 +57,9 @@ def configure_tracing() -> None:
 
 
 def started_by_another_distro() -> str | None:
-    """Under `opentelemetry-instrument` without OTEL_PYTHON_DISTRO={{ cookiecutter.package_name }}: what to set.
+    """What to set under `opentelemetry-instrument` without this distro chosen, else None.
 
-    Without it, the first distro installed wins, in an order nothing defines,
-    and opentelemetry-distro's own would export over gRPC, metrics and logs too.
+    Unset, the first distro installed wins, in an order nothing defines.
     """
     chosen = os.environ.get("OTEL_PYTHON_DISTRO")
     if chosen == distro.NAME or not _under_opentelemetry_instrument():
@@ -80,9 +68,9 @@ def started_by_another_distro() -> str | None:
 
 
 def _under_opentelemetry_instrument() -> bool:
-    # The command puts the folder of its sitecustomize module on the path.
     from opentelemetry.instrumentation import auto_instrumentation  # noqa: PLC0415
 
+    # The command puts the folder of its sitecustomize module on the path.
     folder = os.path.dirname(os.path.abspath(auto_instrumentation.__file__))
     return folder in (os.path.abspath(path) for path in sys.path if path)
 
@@ -112,10 +100,9 @@ class RateLimitFilter(logging.Filter):
 
 
 class ExportFailureFilter(RateLimitFilter):
-    """The exporter's failures: none while nothing has ever answered at the endpoint, then rate-limited.
+    """The exporter's failures: none while nothing ever answered at the endpoint, then rate-limited.
 
-    Runs in the export thread, which logs them: the probe (a TCP connect, at
-    most one every `probe_seconds`) never delays a request.
+    It runs in the export thread: its probe (a TCP connect) never delays a request.
     """
 
     def __init__(self, endpoint: str, *, reached: bool, probe_seconds: float = 5.0) -> None:
@@ -158,7 +145,7 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 
 
 def watch_export() -> str:
-    """Rate-limit the SDK's repeating warnings; say once if nothing answers where spans go.
+    """Rate-limit the SDK's repeating warnings, say once if nothing answers where spans go.
 
     Returns what the start line says of tracing.
     """
@@ -193,14 +180,13 @@ def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
 
 def current_trace_ids() -> TraceIds | None:
     """(trace_id, span_id, sampled) of the active span, ids in W3C hex form, if there is one."""
-    context = trace.get_current_span().get_span_context()
+    return _ids(trace.get_current_span().get_span_context())
+
+
+def _ids(context: trace.SpanContext) -> TraceIds | None:
     if not context.is_valid:
         return None
-    return (
-        format(context.trace_id, "032x"),
-        format(context.span_id, "016x"),
-        context.trace_flags.sampled,
-    )
+    return format(context.trace_id, "032x"), format(context.span_id, "016x"), context.trace_flags.sampled
 
 
 class ServerSpans:
@@ -265,13 +251,7 @@ class ServerSpans:
                 span.end(ended)
             if not keep_current:
                 otel_context.detach(token)
-        if not span_context.is_valid:
-            return None
-        return (
-            format(span_context.trace_id, "032x"),
-            format(span_context.span_id, "016x"),
-            span_context.trace_flags.sampled,
-        )
+        return _ids(span_context)
 
 
 def _request_attributes(scope: Scope, method: str) -> dict[str, Any]:
@@ -353,18 +333,12 @@ def telemetry_config(settings: Settings) -> TelemetryConfig:
 
 
 def flush_spans(budget_seconds: float) -> None:
-    """Export what is queued, for at most `budget_seconds`, and stop exporting.
-
-    The SDK's shutdown waits up to 30 s for a collector that does not answer;
-    from a daemon thread, the stop goes ahead once the budget is spent.
-    """
+    """Export what is queued for at most `budget_seconds` (the SDK's shutdown would wait 30 s)."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         return
     flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
     flush.start()
-    flush.join(budget_seconds)
+    flush.join(budget_seconds)  # a daemon thread: the stop goes ahead once the budget is spent
     if flush.is_alive():
-        _logger.warning(
-            "span export did not finish within APP_SPAN_FLUSH_SECONDS; dropping the rest"
-        )
+        _logger.warning("span export did not finish within APP_SPAN_FLUSH_SECONDS; dropping the rest")
