@@ -1,8 +1,8 @@
 """Start the baked service with a span exporter that drops every batch: `python noop_export.py PACKAGE`.
 
-The service's span pipeline runs as configured (the batch span processor, its
-queue and export thread, that thread's lowered priority); only the exporter's
-own work, encoding each batch and sending it, is left out. That is the no-op
+The service's span pipeline runs as configured (the SDK's batch span
+processor, its queue and export thread); only the exporter's own work,
+encoding each batch and sending it, is left out. That is the no-op
 exporter behind the peer stack's batch processor too, so `all-100-noop` and
 `peer` run the same pipeline, and `all-100-otlp` against `all-100-noop` is the
 exporter's cost. At exit it reports on stderr how many spans it was handed.
@@ -34,7 +34,8 @@ def report() -> None:
 
 if __name__ == "__main__":
     package = sys.argv[1]
-    # The service's exporter subclasses this one and calls it after lowering its thread's priority.
+    # Patched on the class: the exporter the SDK's configurator creates from OTEL_TRACES_EXPORTER=otlp
+    # is an instance of it (and so was the subclass of templates before issue 22, which called it).
     OTLPSpanExporter.export = export
     atexit.register(report)
     sys.argv = [package]

@@ -23,9 +23,12 @@ pytestmark = [pytest.mark.generated, pytest.mark.xdist_group("benchmarks")]
 
 VARIANTS = {
     *("bare", "logs", "metrics", "tracing", "metrics+logs"),
-    *("all-100", "all-100-noop", "all-10", "all-100-otlp", "peer"),
+    *("all-100", "all-100-noop", "all-10", "all-10-otlp", "all-100-otlp", "peer"),
 }
-WITH_LOGS = {"logs", "metrics+logs", "all-100", "all-100-noop", "all-10", "all-100-otlp", "peer"}
+WITH_LOGS = {"logs", "metrics+logs", "all-100", "all-100-noop", "all-10", "all-10-otlp", "all-100-otlp", "peer"}
+# Measured at a fixed rate too (the others: throughput only).
+WITH_LATENCY = {"bare", "all-100", "all-100-noop", "all-10", "all-10-otlp", "all-100-otlp"}
+EXPORTING = {"all-100-otlp", "all-10-otlp", "all-100-noop"}
 
 
 def require_harness_tools(*tools: str) -> None:
@@ -70,17 +73,58 @@ def test_harness_measures_every_variant(tmp_path: Path) -> None:
         # `python -m <package>` exits 0 on SIGTERM; plain `uvicorn` re-raises the signal once it has drained.
         assert run["exit_code"] in (0, -signal.SIGTERM), f"{name}: the server did not stop cleanly"
         assert run["throughput"]["rps"] > 0 and run["throughput"]["non_2xx"] == 0, name
-        latency = run["latency"]
-        assert latency["errors"] == 0 and latency["non_2xx"] == 0, name
-        assert latency["requests"] == latency["scheduled"], f"{name}: fixed-rate requests went unanswered"
+        assert ("latency" in run) == (name in WITH_LATENCY), name
+        if name in WITH_LATENCY:
+            latency = run["latency"]
+            assert latency["errors"] == 0 and latency["non_2xx"] == 0, name
+            assert latency["requests"] == latency["scheduled"], f"{name}: fixed-rate requests went unanswered"
+            assert latency["rate"] == 200, name
         assert run["memory_mb"]["VmHWM"] > 0, name
         if name in WITH_LOGS:
             # One access line per request (the readiness probe and startup lines add a few).
             assert run["log_lines"] >= run["requests_sent"], f"{name}: access lines are missing"
-        if name in ("all-100-otlp", "all-100-noop"):
+        if name in EXPORTING:
             # Counted per variant: the receiver's stats before and after, or the no-op exporter's own count.
             assert 0 < run["spans_delivered"] <= run["access_lines"], f"{name}: {run['spans_delivered']} spans"
     assert report["otlp_receiver"]["spans"] > 0, "the OTLP variant exported no span"
+    # One fixed rate for all: bare's own phase is every variant's reference.
+    assert report["bare_references"] == []
+    assert report["summary"]["all-10-otlp"]["p99_added_ms"]["median"] is not None
+    assert "minus_metrics_logs" in report["summary"]["all-10-otlp"]
+    targets = {t["target"] for t in report["targets"]}
+    assert "all-10-otlp p99 added at half its own saturation (ms)" in targets
+    assert "metrics+logs throughput x bare" in targets
+
+
+def test_ab_mode_compares_two_templates_at_each_variants_own_rate(tmp_path: Path) -> None:
+    """`--baseline-template`: both templates' variants in the same round, latency at half their own saturation."""
+    require_harness_tools("uv", "wrk", "taskset")
+    output, stdout = run_harness(
+        "run.py",
+        tmp_path,
+        "--baseline-template", str(TEMPLATE_DIR),
+        "--variants", "all-10-otlp",
+        "--repetitions", "1",
+        "--duration", "1",
+        "--no-meta",
+        "--retries", "0",
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert set(report["templates"]) == {"candidate", "baseline"}
+    runs = {(run["template"], run["variant"]) for run in report["runs"]}
+    assert runs == {(t, v) for t in ("candidate", "baseline") for v in ("bare", "all-10-otlp")}
+    for run in report["runs"]:
+        # Half of what this very server sustained in the throughput phase just before.
+        assert run["latency"]["rate"] == round(run["throughput"]["rps"] / 2), run["variant"]
+    # Bare of the same template and round, at all-10-otlp's own rate: its p99 reference.
+    references = {(ref["template"], ref["rate"]) for ref in report["bare_references"]}
+    references |= {(run["template"], run["latency"]["rate"]) for run in report["runs"] if run["variant"] == "bare"}
+    for run in report["runs"]:
+        if run["variant"] == "all-10-otlp":
+            assert (run["template"], run["latency"]["rate"]) in references
+    assert set(report["ab"]) == {"all-10-otlp"}
+    assert "A/B" in stdout
+    assert "all-10-otlp: change of x bare against the baseline template" in {t["target"] for t in report["targets"]}
 
 
 def test_fault_mode_runs_every_scenario(tmp_path: Path) -> None:

@@ -160,10 +160,9 @@ def watch_export() -> str:
         return f"spans sampled {sampler}, sent nowhere"
     endpoint = span_endpoint()
     shown = without_credentials(endpoint)
-    export_logger = logging.getLogger(_EXPORT_LOGGER)
-    if not any(isinstance(known, ExportFailureFilter) for known in export_logger.filters):
+    if _export_watch() is None:
         reached = answers(endpoint)
-        export_logger.addFilter(ExportFailureFilter(endpoint, reached=reached))
+        logging.getLogger(_EXPORT_LOGGER).addFilter(ExportFailureFilter(endpoint, reached=reached))
         if not reached:
             _logger.warning(
                 "Spans go to %s, where nothing answers yet: they are dropped until something "
@@ -171,6 +170,11 @@ def watch_export() -> str:
                 shown,
             )
     return f"spans sampled {sampler}, sent over OTLP to {shown}"
+
+
+def _export_watch() -> ExportFailureFilter | None:
+    filters = logging.getLogger(_EXPORT_LOGGER).filters
+    return next((known for known in filters if isinstance(known, ExportFailureFilter)), None)
 
 
 def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
@@ -337,8 +341,11 @@ def flush_spans(budget_seconds: float) -> None:
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         return
+    watch = _export_watch()
+    if watch is not None and not watch.reached and not answers(watch.endpoint):
+        budget_seconds = 0  # nothing ever answered there: no flush to wait for, said at the start
     flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
     flush.start()
     flush.join(budget_seconds)  # a daemon thread: the stop goes ahead once the budget is spent
-    if flush.is_alive():
+    if flush.is_alive() and budget_seconds:
         _logger.warning("span export did not finish within APP_SPAN_FLUSH_SECONDS; dropping the rest")
