@@ -133,12 +133,22 @@ def _remove_image(tag: str) -> None:
 
 
 def _run_once(tag: str, *command: str, entrypoint: str, read_only: bool = True) -> str:
-    """`docker run --rm --entrypoint ...`: the command's stdout; a non-zero exit fails the test."""
-    output = docker_client().containers.run(
-        tag, list(command), entrypoint=[entrypoint], read_only=read_only, remove=True, stdout=True, stderr=False
-    )
-    assert isinstance(output, bytes)
-    return output.decode()
+    """`docker run --rm --entrypoint ...`: the command's stdout; a non-zero exit fails the test.
+
+    Detached, then waited on and read: the SDK's attached `run` follows the log stream,
+    which drops a last line without a newline (a JSON document) on this engine.
+    """
+    container = docker_client().containers.run(tag, list(command), entrypoint=[entrypoint], read_only=read_only,
+                                               detach=True)  # fmt: skip
+    assert isinstance(container, SdkContainer)
+    try:
+        code = container.wait(timeout=120)["StatusCode"]
+        out, err = container.logs(stdout=True, stderr=False), container.logs(stdout=False, stderr=True)
+    finally:
+        container.remove(force=True)
+    assert isinstance(out, bytes) and isinstance(err, bytes)
+    assert code == 0, f"{entrypoint} {' '.join(command)[:200]} exited {code}: {err.decode()[-2000:]}"
+    return out.decode()
 
 
 # ---------------------------------------------------------------- containers
