@@ -193,8 +193,9 @@ def lock_dependencies(project: Path, answers: Mapping[str, Any]) -> None:
         except subprocess.TimeoutExpired:
             reason = f"no answer within {LOCK_TIMEOUT_SECONDS} s"
     if reason:
-        lock.unlink(missing_ok=True)
-        print(f"uv.lock not created ({reason}): run `uv lock` in {project.name} before `docker compose up --build`.")
+        lock.unlink(missing_ok=True)  # there was none before
+        then = "before `docker compose up --build`" if answers.get("use_dockerfile") else "(or any `make` target)"
+        print(f"uv.lock not created ({reason}): run `uv lock` in {project.name} {then}.")
 
 
 def main(raw: str, project: Path) -> int:

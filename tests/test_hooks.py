@@ -952,8 +952,21 @@ def _uv() -> str | None:
     return shutil.which("uv") or os.environ.get("UV")
 
 
-@pytest.mark.parametrize("case", ["uv-missing", "index-unreachable"])
-def test_a_lock_the_hook_cannot_make_is_one_line_and_no_file(tmp_path: Path, case: str) -> None:
+NO_IMAGE = ["use_dockerfile=no", *(f"{toggle}=no" for toggle in STACK)]
+
+
+@pytest.mark.parametrize(
+    ("case", "answers", "then"),
+    [
+        ("uv-missing", [], "before `docker compose up --build`"),
+        ("index-unreachable", [], "before `docker compose up --build`"),
+        ("uv-missing", NO_IMAGE, "(or any `make` target)"),
+    ],
+    ids=["uv-missing", "index-unreachable", "uv-missing-no-image"],
+)
+def test_a_lock_the_hook_cannot_make_is_one_line_and_no_file(
+    tmp_path: Path, case: str, answers: list[str], then: str
+) -> None:
     """Without uv, or without the package index, the bake succeeds, writes no uv.lock (not even a
     partial one) and says in one line what to run later; the rest of the project is complete."""
     env = {k: v for k, v in os.environ.items() if k not in {"SKIP_UV_LOCK", "UV", "VIRTUAL_ENV"}}
@@ -969,7 +982,7 @@ def test_a_lock_the_hook_cannot_make_is_one_line_and_no_file(tmp_path: Path, cas
         # uv's own switches: no network, and an empty cache to resolve from.
         env.update(UV=uv, UV_OFFLINE="1", UV_NO_CACHE="1")
     result = subprocess.run(
-        [str(cli), "--no-input", "-o", str(tmp_path), str(TEMPLATE_DIR)],
+        [str(cli), "--no-input", "-o", str(tmp_path), str(TEMPLATE_DIR), *answers],
         env=env,
         capture_output=True,
         text=True,
@@ -981,9 +994,8 @@ def test_a_lock_the_hook_cannot_make_is_one_line_and_no_file(tmp_path: Path, cas
     assert not (project / "uv.lock").exists()
     assert (project / ".env").is_file() and (project / ".cruft.json").is_file()
     (line,) = result.stdout.strip().splitlines()
-    assert line.startswith("uv.lock not created (") and line.endswith(
-        f"): run `uv lock` in {DEFAULT_SLUG} before `docker compose up --build`."
-    ), line
+    assert line.startswith("uv.lock not created ("), line
+    assert line.endswith(f"): run `uv lock` in {DEFAULT_SLUG} {then}."), line
     assert result.stderr == ""
 
 
