@@ -157,10 +157,6 @@ def docker_env(**extra: str) -> dict[str, str]:
 
 
 @functools.cache
-def _docker_client() -> docker_sdk.DockerClient:
-    return docker_sdk.from_env(timeout=120)
-
-
 def docker_client() -> docker_sdk.DockerClient:
     """The Docker SDK for Python: containers, their logs, health, users and signals, and images.
 
@@ -169,7 +165,7 @@ def docker_client() -> docker_sdk.DockerClient:
     BuildKit"); BuildKit needs the CLI's session. `docker compose` has no SDK either.
     """
     require_docker()
-    return _docker_client()
+    return docker_sdk.from_env(timeout=120)
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
