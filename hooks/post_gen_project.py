@@ -7,6 +7,10 @@
    placeholder with a fresh random secret. No network is needed.
 3. Complete ``.cruft.json`` (the answers) with where the template came from
    and its commit, so that ``cruft update`` knows what changed since.
+4. Lock the dependencies (``uv lock``), so that ``docker compose up --build``
+   works in the new folder straight away. Without uv or the package index,
+   it says in one line what to run later, and writes no lock; the project
+   is complete either way.
 
 Answers arrive as JSON data, never as Python source. If this script fails,
 cookiecutter removes the whole project folder.
@@ -29,6 +33,11 @@ import yaml  # a dependency of cookiecutter itself
 
 MANIFEST = "template-manifest.yaml"
 PLACEHOLDER = "change-me"
+# Scripted bakes (the template's tests, hundreds of them) set this to generate
+# without resolving the dependencies; the project is then locked by `make` or `uv lock`.
+SKIP_LOCK_VARIABLE = "SKIP_UV_LOCK"
+# A first lock on a cold cache takes seconds; an unreachable index fails in a few.
+LOCK_TIMEOUT_SECONDS = 120
 
 
 class ManifestError(RuntimeError):
@@ -155,6 +164,40 @@ def record_template_origin(project: Path, answers: Mapping[str, Any]) -> None:
     state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
 
+def lock_dependencies(project: Path, answers: Mapping[str, Any]) -> None:
+    """`uv lock`, whose uv.lock the image installs from (`uv sync --locked`).
+
+    Not when the project already has a lock (it is the project's own), nor when
+    cruft renders the template (`cruft update` diffs two fresh renders: their
+    locks would patch the project's). When uv fails, whatever it may have
+    written goes, and one line says what to run later.
+    """
+    lock = project / "uv.lock"
+    if os.environ.get(SKIP_LOCK_VARIABLE) == "1" or lock.exists() or "_repo_dir" not in answers:
+        return
+    uv = shutil.which("uv") or os.environ.get("UV")  # `uv run` and `uvx` name their own binary in UV
+    if uv is None:
+        reason = "uv is not installed"
+    else:
+        try:
+            result = subprocess.run(
+                [uv, "lock", "--quiet"],
+                cwd=project,
+                capture_output=True,
+                text=True,
+                timeout=LOCK_TIMEOUT_SECONDS,
+                check=False,
+            )
+            first = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[0]
+            reason = "" if result.returncode == 0 else f"uv lock: {first.removeprefix('error: ')}"
+        except subprocess.TimeoutExpired:
+            reason = f"no answer within {LOCK_TIMEOUT_SECONDS} s"
+    if reason:
+        lock.unlink(missing_ok=True)  # there was none before
+        then = "before `docker compose up --build`" if answers.get("use_dockerfile") else "(or any `make` target)"
+        print(f"uv.lock not created ({reason}): run `uv lock` in {project.name} {then}.")
+
+
 def main(raw: str, project: Path) -> int:
     answers = json.loads(raw)
     try:
@@ -165,6 +208,7 @@ def main(raw: str, project: Path) -> int:
         prune_empty_dirs(project)
         write_env(project)
         record_template_origin(project, answers)
+        lock_dependencies(project, answers)
     except (ManifestError, OSError, ValueError, yaml.YAMLError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1

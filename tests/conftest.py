@@ -40,12 +40,18 @@ def bake_once(cookies_session: Any) -> Baker:
 
 @pytest.fixture(scope="session", autouse=True)
 def _cookiecutter_config_of_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Bakes outside pytest-cookies (the CLI, cruft, the API) keep their replay files here, not in ~."""
+    """Bakes outside pytest-cookies (the CLI, cruft, the API) keep their replay files here, not in ~.
+
+    And no bake runs `uv lock` (hundreds of them, a resolution each): a test that
+    needs the post-gen hook's lock unsets SKIP_UV_LOCK itself; the others lock a
+    copy of a bake when they need one (`helpers.lock_project`).
+    """
     home = tmp_path_factory.mktemp("cookiecutter-home")
     config = home / "config.yaml"
     config.write_text(f"cookiecutters_dir: {home / 'cookiecutters'}\nreplay_dir: {home / 'replay'}\n")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COOKIECUTTER_CONFIG", str(config))
+        patch.setenv("SKIP_UV_LOCK", "1")
         yield
 
 

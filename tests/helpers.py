@@ -8,6 +8,7 @@ untested tier.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+import docker as docker_sdk
 import pytest
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
@@ -154,6 +156,18 @@ def docker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@functools.cache
+def docker_client() -> docker_sdk.DockerClient:
+    """The Docker SDK for Python: containers, their logs, health, users and signals, and images.
+
+    Builds stay with the CLI (`build_app_image`): the SDK's `images.build` drives the engine's
+    classic builder, which refuses the Dockerfile's cache mounts ("the --mount option requires
+    BuildKit"); BuildKit needs the CLI's session. `docker compose` has no SDK either.
+    """
+    require_docker()
+    return docker_sdk.from_env(timeout=120)
+
+
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False, env=docker_env()
@@ -244,6 +258,7 @@ def build_app_image(project: Path, python_version: str, tag: str, build_args: di
     provide_images(f"python:{python_version}-slim", UV_IMAGE)
     args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
     started = time.monotonic()
+    # The CLI with BuildKit, not the SDK: see `docker_client`.
     docker("build", "--pull=false", "-t", tag, *args, str(project), timeout=900)
     return time.monotonic() - started
 

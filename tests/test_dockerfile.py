@@ -1,15 +1,20 @@
-"""Fast tier: the generated Dockerfile and .dockerignore, checked statically (hadolint)."""
+"""Fast tier: the generated Dockerfile and .dockerignore, checked statically (hadolint),
+and the one Python version that the pin, the image and the project metadata name."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from helpers import DEFAULT_ANSWERS, DEFAULT_PACKAGE, DEFAULT_PYTHON, require_executable
+from helpers import DEFAULT_ANSWERS, DEFAULT_PACKAGE, DEFAULT_PYTHON, TEMPLATE_DIR, find_python, require_executable
 
 pytestmark = pytest.mark.fast
 
@@ -87,3 +92,45 @@ def test_the_image_files_go_with_the_dockerfile_toggle(bake_once: Any) -> None:
     project: Path = bake_once(**NO_STACK, use_dockerfile=False)
     for path in ("Dockerfile", ".dockerignore", "scripts/smoke-image.sh"):
         assert not (project / path).exists(), path
+
+
+PYTHON_VERSIONS: list[str] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())["python_version"]
+
+
+@pytest.mark.parametrize("python_version", PYTHON_VERSIONS)
+def test_one_python_everywhere(bake_once: Any, python_version: str) -> None:
+    """.python-version (what uv sync, uv run, `make run` and the tests use), the image's base,
+    requires-python, the linters' target and CI name the chosen Python."""
+    project = bake_once(python_version=python_version)
+    assert (project / ".python-version").read_text() == f"{python_version}\n"
+    dockerfile = (project / "Dockerfile").read_text()
+    assert re.findall(r"^ARG PYTHON_VERSION=(\S+)$", dockerfile, re.M) == [python_version]
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert bases == ["python:${PYTHON_VERSION}-slim"] * 2, bases
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={python_version}"
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + python_version.replace(".", "")
+    assert pyproject["tool"]["mypy"].get("python_version", python_version) == python_version
+    ci = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    assert ci["env"]["PYTHON_VERSION"] == python_version
+
+
+@pytest.mark.parametrize("python_version", PYTHON_VERSIONS)
+def test_uv_runs_the_pinned_python(bake_once: Any, python_version: str) -> None:
+    """In the new folder, uv picks the interpreter .python-version names among all it can find."""
+    project = bake_once(python_version=python_version)
+    uv = require_executable("uv")
+    others = [str(Path(find_python(v)).parent) for v in PYTHON_VERSIONS if v != python_version]
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "UV_PYTHON", "UV_PROJECT_ENVIRONMENT"}}
+    # The other choices come first on PATH and the pinned one last: only the pin makes uv take it.
+    path = [*others, env.get("PATH", ""), str(Path(find_python(python_version)).parent)]
+    env.update(PATH=os.pathsep.join(path), UV_PYTHON_DOWNLOADS="never")
+    found = subprocess.run([uv, "python", "find"], cwd=project, env=env, capture_output=True, text=True, check=False)
+    assert found.returncode == 0, found.stderr
+    version = subprocess.run(
+        [found.stdout.strip(), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert version == python_version, f"uv picked {found.stdout.strip()} ({version})"

@@ -921,9 +921,12 @@ def test_post_main_refuses_a_broken_manifest(
     assert snapshot(project) == before
 
 
-def test_generating_again_over_a_project_keeps_its_files_and_secrets(tmp_path: Path) -> None:
+def test_generating_again_over_a_project_keeps_its_files_and_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`cookiecutter -f` over an existing project: files the template does not have (the lock,
-    new code) stay, .env keeps the secrets in use, and the new answers apply."""
+    which the post-gen hook does not make again, new code) stay, .env keeps the secrets in use,
+    and the new answers apply."""
     cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(tmp_path))
     project = tmp_path / DEFAULT_SLUG
     orders = f"src/{DEFAULT_PACKAGE}/orders.py"
@@ -931,6 +934,7 @@ def test_generating_again_over_a_project_keeps_its_files_and_secrets(tmp_path: P
     secrets_before = (project / ".env").read_text()
     assert not (project / "observability/prometheus/rules/containers.yml").exists()
 
+    monkeypatch.delenv("SKIP_UV_LOCK")  # the project's lock, not the tests' opt-out, keeps the hook from locking
     cookiecutter(
         str(TEMPLATE_DIR),
         no_input=True,
@@ -942,6 +946,57 @@ def test_generating_again_over_a_project_keeps_its_files_and_secrets(tmp_path: P
     assert (project / orders).exists()
     assert (project / ".env").read_text() == secrets_before
     assert (project / "observability/prometheus/rules/containers.yml").exists()
+
+
+def _uv() -> str | None:
+    return shutil.which("uv") or os.environ.get("UV")
+
+
+NO_IMAGE = ["use_dockerfile=no", *(f"{toggle}=no" for toggle in STACK)]
+
+
+@pytest.mark.parametrize(
+    ("case", "answers", "then"),
+    [
+        ("uv-missing", [], "before `docker compose up --build`"),
+        ("index-unreachable", [], "before `docker compose up --build`"),
+        ("uv-missing", NO_IMAGE, "(or any `make` target)"),
+    ],
+    ids=["uv-missing", "index-unreachable", "uv-missing-no-image"],
+)
+def test_a_lock_the_hook_cannot_make_is_one_line_and_no_file(
+    tmp_path: Path, case: str, answers: list[str], then: str
+) -> None:
+    """Without uv, or without the package index, the bake succeeds, writes no uv.lock (not even a
+    partial one) and says in one line what to run later; the rest of the project is complete."""
+    env = {k: v for k, v in os.environ.items() if k not in {"SKIP_UV_LOCK", "UV", "VIRTUAL_ENV"}}
+    cli = Path(sys.executable).parent / "cookiecutter"
+    if case == "uv-missing":
+        env["PATH"] = os.pathsep.join([str(cli.parent), "/usr/bin", "/bin"])
+        assert shutil.which("uv", path=env["PATH"]) is None, "uv is on the system PATH: this case cannot run here"
+    else:
+        uv = _uv()
+        if uv is None:
+            pytest.skip("uv is not installed")  # the uv-missing case covers this machine
+        assert uv is not None
+        # uv's own switches: no network, and an empty cache to resolve from.
+        env.update(UV=uv, UV_OFFLINE="1", UV_NO_CACHE="1")
+    result = subprocess.run(
+        [str(cli), "--no-input", "-o", str(tmp_path), str(TEMPLATE_DIR), *answers],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / DEFAULT_SLUG
+    assert not (project / "uv.lock").exists()
+    assert (project / ".env").is_file() and (project / ".cruft.json").is_file()
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith("uv.lock not created ("), line
+    assert line.endswith(f"): run `uv lock` in {DEFAULT_SLUG} {then}."), line
+    assert result.stderr == ""
 
 
 def test_post_hook_failure_leaves_no_directory(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
