@@ -25,7 +25,7 @@ NO_STACK: dict[str, Any] = {
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no-dockerfile": {**NO_STACK, "use_dockerfile": False},
+    "no-dockerfile": {**NO_STACK, "use_dockerfile": False, "use_kubernetes": False},
     "telemetry-off": {
         **NO_STACK,
         "use_json_logging": False,
