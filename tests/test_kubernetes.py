@@ -213,6 +213,8 @@ def test_every_container_is_hardened_probed_and_bounded(baked: Any, combo: str, 
             if "secretKeyRef" in entry.get("valueFrom", {}):
                 assert "value" not in entry
     assert not of_kind(build(baked(combo), overlay), "Secret"), "a Secret would carry its values in git"
+    namespace = one(build(baked(combo), overlay), "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 @pytest.mark.fast
