@@ -68,6 +68,7 @@ STACK_OFF = {
     "use_grafana": False,
     "use_jaeger": False,
     "use_loki": False,
+    "use_kubernetes": False,
     "use_github_actions": False,
 }
 SIGNALS = ("use_json_logging", "use_metrics", "use_tracing")

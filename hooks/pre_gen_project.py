@@ -38,6 +38,7 @@ TOGGLES = (
     "use_jaeger",
     "use_loki",
     "use_cadvisor",
+    "use_kubernetes",
     "use_github_actions",
 )
 STACK_SERVICES = ("use_prometheus", "use_alertmanager", "use_grafana", "use_jaeger", "use_loki", "use_cadvisor")
@@ -102,6 +103,7 @@ REQUIRES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("use_jaeger", ("use_tracing",), "Jaeger only receives the spans the service exports"),
     ("use_loki", ("use_json_logging",), "the log shipper parses the service's JSON log lines"),
     ("use_cadvisor", ("use_prometheus",), "cAdvisor's container metrics are only scraped by Prometheus"),
+    ("use_kubernetes", ("use_dockerfile",), "the Kubernetes manifests run the image the Dockerfile builds"),
 )
 # (toggle, at least one of these, why)
 REQUIRES_ANY: tuple[tuple[str, tuple[str, ...], str], ...] = (

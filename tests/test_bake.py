@@ -69,6 +69,11 @@ TRACES_OF = {
     "use_github_actions": {"makefile": ["CI"], "readme": ["CI"]},
     # Without Grafana the runbook reads Prometheus and Loki directly.
     "use_grafana": {"readme": ["dashboard"], "monitoring": ["dashboard", "Service overview", "Service logs"]},
+    "use_kubernetes": {
+        "makefile": ["k8s-validate", "kubectl", "deploy/kubernetes"],
+        "readme": ["deploy/kubernetes", "k8s-validate", "kubectl"],
+        "monitoring": ["deploy/kubernetes", "PrometheusRule"],
+    },
     "use_dockerfile": {
         "makefile": ["image:", "up:", "down:", "logs:", "docker compose"],
         "readme": ["make up", "and the image"],

@@ -89,7 +89,7 @@ def test_dockerignore_is_an_allowlist(bake_once: Any) -> None:
 
 
 def test_the_image_files_go_with_the_dockerfile_toggle(bake_once: Any) -> None:
-    project: Path = bake_once(**NO_STACK, use_dockerfile=False)
+    project: Path = bake_once(**NO_STACK, use_dockerfile=False, use_kubernetes=False)
     for path in ("Dockerfile", ".dockerignore", "scripts/smoke-image.sh"):
         assert not (project / path).exists(), path
 

@@ -249,6 +249,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "needs use_dockerfile",
     ),
     (
+        "kubernetes-without-dockerfile",
+        {**NO_STACK, "use_dockerfile": False},
+        "use_kubernetes",
+        "needs use_dockerfile",
+    ),
+    (
         "grafana-without-data-source",
         {**NO_STACK, "use_grafana": True},
         "use_grafana",
@@ -575,7 +581,7 @@ def test_defaults_are_valid() -> None:
     "toggles",
     [
         pytest.param(ALL_OFF, id="all-off"),
-        pytest.param({**NO_STACK, "use_dockerfile": False}, id="no-docker"),
+        pytest.param({**NO_STACK, "use_dockerfile": False, "use_kubernetes": False}, id="no-docker"),
         pytest.param({**NO_STACK, "use_jaeger": True, "use_grafana": True}, id="grafana-jaeger"),
         pytest.param({**NO_STACK, "use_loki": True, "use_grafana": True}, id="grafana-loki"),
         pytest.param(

@@ -25,7 +25,7 @@ NO_STACK: dict[str, Any] = {
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no-dockerfile": {**NO_STACK, "use_dockerfile": False},
+    "no-dockerfile": {**NO_STACK, "use_dockerfile": False, "use_kubernetes": False},
     "telemetry-off": {
         **NO_STACK,
         "use_json_logging": False,
@@ -79,6 +79,8 @@ def test_workflow_jobs_follow_the_answers(bake_once: Any, variant: str) -> None:
     expected = {"lint", "test", "audit"} | ({"image"} if answers.get("use_dockerfile", True) else set())
     if answers.get("use_prometheus", True) or answers.get("use_alertmanager", True):
         expected.add("stack")
+    if answers.get("use_kubernetes", True):
+        expected.add("kubernetes")
     assert set(jobs) == expected
 
     runs = {job: "\n".join(step.get("run", "") for step in jobs[job]["steps"]) for job in jobs}
@@ -88,6 +90,10 @@ def test_workflow_jobs_follow_the_answers(bake_once: Any, variant: str) -> None:
     assert runs["audit"].strip() == "make audit", "the audit is the Makefile's (tests/test_audit.py runs it)"
     if "stack" in jobs:
         assert runs["stack"].strip() == "make check-stack", "tests/test_stack_static.py runs it"
+    if "kubernetes" in jobs:
+        assert runs["kubernetes"].strip() == "make k8s-validate", "tests/test_kubernetes.py runs it"
+    else:
+        assert "kubectl" not in text and "kubernetes" not in text.lower()
     if "image" in jobs:
         assert "docker build" in runs["image"] and "hadolint Dockerfile" in runs["image"]
         assert 'scripts/smoke-image.sh "$IMAGE"' in runs["image"]
