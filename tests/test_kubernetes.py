@@ -282,8 +282,8 @@ def test_grace_period_covers_the_pre_stop_delay_the_drain_and_the_flush(baked: A
     assert graceful == float(settings_default(project, r"graceful_timeout_seconds: float = Field\(default=([\d.]+)"))
     flush = 0.0
     if has_module(project, "tracing"):
-        flush = int(settings["OTEL_BSP_EXPORT_TIMEOUT"]) / 1000
-        assert flush * 1000 == int(settings_default(project, r"DEFAULT_SPAN_EXPORT_TIMEOUT_MS = (\d+)"))
+        flush = float(settings["APP_SPAN_FLUSH_SECONDS"])
+        assert flush == float(settings_default(project, r"span_flush_seconds: float = Field\(default=([\d.]+)"))
     (container,) = pod["containers"]
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pre_stop >= 3, "endpoints need a few seconds to stop routing to the pod"
