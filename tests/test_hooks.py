@@ -958,7 +958,7 @@ def _uv() -> str | None:
     return shutil.which("uv") or os.environ.get("UV")
 
 
-NO_IMAGE = ["use_dockerfile=no", *(f"{toggle}=no" for toggle in STACK)]
+NO_IMAGE = ["use_dockerfile=no", "use_kubernetes=no", *(f"{toggle}=no" for toggle in STACK)]
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,7 @@ EXTENDED_APP = [
 class Server:
     """`python -m {{ cookiecutter.package_name }}` on a free port, its stdout collected line by line.
 
-    `launcher` goes before the interpreter: `opentelemetry-instrument`, say.
+    `launcher` goes before the interpreter (a command that wraps the service).
     """
 
     def __init__(

@@ -436,7 +436,10 @@ def run_service(*command: str, env: dict[str, str]) -> subprocess.CompletedProce
 INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
 
 
-def test_opentelemetry_instrument_without_the_distro_stops_with_one_line() -> None:
+def test_opentelemetry_instrument_without_the_distro_stops_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_PYTHON_DISTRO", raising=False)  # set by an in-process app here
     env = {"OTEL_SDK_DISABLED": "false"}
     result = run_service(INSTRUMENT, sys.executable, "-m", "{{ cookiecutter.package_name }}", env=env)
     assert result.returncode == 2, result.stderr

@@ -25,8 +25,6 @@ from .observability.logging import configure_logging
 {%- if cookiecutter.use_tracing %}
 from .observability.tracing import configure_tracing, started_by_another_distro
 {%- endif %}
-{%- if not cookiecutter.use_json_logging and not cookiecutter.use_tracing %}
-{% endif %}
 from .settings import configuration_errors, get_settings
 
 APP = "{{ cookiecutter.package_name }}.main:create_app"

@@ -15,10 +15,10 @@ Each default applies only where its variable is unset: operators set
 
 import os
 from typing import Any
-from urllib.parse import quote
 
 from opentelemetry import propagate
 from opentelemetry.distro import OpenTelemetryDistro
+from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # The entry point's name in pyproject.toml, which OTEL_PYTHON_DISTRO names.
@@ -42,6 +42,8 @@ DEFAULTS = {
     "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "fastapi,starlette,asgi",
     # opentelemetry-distro's configurator: the SDK's standard setup.
     "OTEL_PYTHON_CONFIGURATOR": "configurator",
+    # The service's name, version and environment (below); a list of your own must name it.
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": NAME,
     # The client writes the path, the query and the User-Agent: a megabyte header
     # must not become a megabyte span in the trace backend.
     "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "4096",
@@ -56,8 +58,6 @@ class ServiceDistro(OpenTelemetryDistro):
     """opentelemetry-distro's distro, with the service's defaults instead of its own."""
 
     def _configure(self, **kwargs: Any) -> None:
-        from ..settings import get_settings  # noqa: PLC0415 - the settings read .env: only now
-
         if "OTEL_PROPAGATORS" not in os.environ:
             # opentelemetry.propagate read the variable when it was imported, before any
             # distro ran: the default is set here too, through its public setter.
@@ -66,13 +66,20 @@ class ServiceDistro(OpenTelemetryDistro):
             os.environ.setdefault(variable, value)
         if "OTEL_BSP_MAX_QUEUE_SIZE" not in os.environ:
             os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BATCH_SIZE)
+
+
+class ServiceResourceDetector(ResourceDetector):
+    """What the settings say the service is, under what OTEL_RESOURCE_ATTRIBUTES and
+    OTEL_SERVICE_NAME say: the SDK merges the `otel` detector, which reads them, last."""
+
+    def detect(self) -> Resource:
+        from ..settings import get_settings  # noqa: PLC0415 - the settings read .env: only now
+
         settings = get_settings()
-        # Before the operator's own attributes, which win (OTEL_SERVICE_NAME wins over all).
-        ours = {
-            "service.name": settings.service_name,
-            "service.version": settings.version,
-            "deployment.environment.name": settings.environment,
-        }
-        given = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-        pairs = [f"{key}={quote(value, safe='')}" for key, value in ours.items()]
-        os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join([*pairs, given] if given else pairs)
+        return Resource(
+            {
+                "service.name": settings.service_name,
+                "service.version": settings.version,
+                "deployment.environment.name": settings.environment,
+            }
+        )

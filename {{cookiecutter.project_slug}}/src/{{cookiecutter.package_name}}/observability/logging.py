@@ -64,17 +64,17 @@ class BufferedWriter:
         self._thread.start()
 
     def write(self, line: bytes) -> None:
+        if self._closed:  # the process may end any moment now, by its signal: write at once
+            self._write([line])
+            return
         if len(self._lines) >= self._max_lines:
             with self._drop_lock:  # the writer thread resets the count
                 self._dropped += 1  # stdout is stalled; keep memory bounded
             return
         self._lines.append(line)
 
-    def flush(self) -> None:
-        """Write out everything buffered so far (called on shutdown)."""
-        self._drain()
-
     def close(self) -> None:
+        """Write out what is buffered; later lines are written at once."""
         if not self._closed:
             self._closed = True
             self._wake.set()
@@ -111,11 +111,14 @@ class BufferedWriter:
                 )
             )
         if batch:
-            try:
-                self._stream.write(b"".join(batch))
-                self._stream.flush()
-            except (OSError, ValueError):  # stdout closed: nowhere left to log
-                pass
+            self._write(batch)
+
+    def _write(self, batch: list[bytes]) -> None:
+        try:
+            self._stream.write(b"".join(batch))
+            self._stream.flush()
+        except (OSError, ValueError):  # stdout closed: nowhere left to log
+            pass
 
 
 class JsonFormatter:
@@ -350,9 +353,12 @@ def _console_format(max_length: int) -> Callable[["Record"], str]:
 
 
 def flush_logs() -> None:
-    """Write out buffered lines; call on shutdown."""
+    """Write out buffered lines, and later ones at once: call at the end of the lifespan.
+
+    A worker of several then ends by the signal uvicorn re-raises, which runs no atexit.
+    """
     if _writer is not None:
-        _writer.flush()
+        _writer.close()
 
 
 _access = logger.bind(logger="access")

@@ -190,7 +190,8 @@ def current_trace_ids() -> TraceIds | None:
 def _ids(context: trace.SpanContext) -> TraceIds | None:
     if not context.is_valid:
         return None
-    return format(context.trace_id, "032x"), format(context.span_id, "016x"), context.trace_flags.sampled
+    trace_id, span_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
+    return trace_id, span_id, context.trace_flags.sampled
 
 
 class ServerSpans:
@@ -348,4 +349,4 @@ def flush_spans(budget_seconds: float) -> None:
     flush.start()
     flush.join(budget_seconds)  # a daemon thread: the stop goes ahead once the budget is spent
     if flush.is_alive() and budget_seconds:
-        _logger.warning("span export did not finish within APP_SPAN_FLUSH_SECONDS; dropping the rest")
+        _logger.warning("span export not done within APP_SPAN_FLUSH_SECONDS; dropping the rest")
