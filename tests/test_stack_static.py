@@ -646,6 +646,12 @@ def test_grafana_datasources_match_the_stack(baked: Any, combo: str) -> None:
         assert ("tracesToMetrics" in by_uid["jaeger"]) == ("prometheus" in uids)
         for query in by_uid["jaeger"].get("tracesToMetrics", {}).get("queries", []):
             _check_promql(query["query"].replace("$$__tags", 'service="x"'), "tracesToMetrics")
+        # Span attributes map to the request metric's labels: the stable HTTP names, dotted
+        # as the spans carry them (the httpx client span too: OTEL_SEMCONV_STABILITY_OPT_IN=http).
+        for tag in by_uid["jaeger"].get("tracesToMetrics", {}).get("tags", []):
+            if tag["key"] != "service.name":
+                assert tag["key"] in {"http.route", "http.request.method", "http.response.status_code"}, tag
+                assert tag["value"] == tag["key"].replace(".", "_"), tag
 
 
 def _dashboards(project: Path) -> dict[str, dict[str, Any]]:
