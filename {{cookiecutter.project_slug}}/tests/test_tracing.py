@@ -70,6 +70,20 @@ def test_one_server_span_per_request(start_server: StartServer, receiver: OtlpRe
     assert span.resource["service.version"]
 
 
+def test_the_operators_resource_attributes_win(
+    start_server: StartServer, receiver: OtlpReceiver
+) -> None:
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging,team=payments"}
+    server = start_server(tracing_env(receiver.endpoint, OTEL_SERVICE_NAME="orders", **env))
+    httpx.get(f"{server.url}/api/items/3")
+    (span,) = wait_for_spans(receiver, lambda s: len(s) >= 1)
+    resource = span.resource
+    assert resource["service.name"] == "orders"
+    assert resource["deployment.environment.name"] == "staging"
+    assert resource["team"] == "payments"
+    assert resource["service.version"], "the service's own, where the operator says nothing"
+
+
 def test_server_span_carries_the_http_semantic_convention_attributes(
     start_server: StartServer, receiver: OtlpReceiver
 ) -> None:

@@ -1,16 +1,12 @@
 """The service's OpenTelemetry distro: its tracing defaults, however the service starts.
 
-OpenTelemetry sets a Python process up in three steps: a distro sets defaults,
-a configurator builds the SDK (provider, sampler, exporter, propagators) from
-the `OTEL_*` variables, and every instrumentation package installed loads
-itself. `opentelemetry-instrument python -m {{ cookiecutter.package_name }}` runs them before the
-service; `python -m {{ cookiecutter.package_name }}` runs the same three steps itself
-(tracing.py). With `OTEL_PYTHON_DISTRO={{ cookiecutter.package_name }}` both pick this distro, then
-opentelemetry-distro's configurator, which is the SDK's standard setup: one
-provider, whichever way the process started.
-
-Each default applies only where its variable is unset: operators set
-`OTEL_*` as they would for any other service.
+OpenTelemetry sets a Python process up in three steps: a distro sets defaults, a
+configurator builds the SDK (provider, sampler, exporter, propagators) from the `OTEL_*`
+variables, and every instrumentation package installed loads itself.
+`opentelemetry-instrument python -m {{ cookiecutter.package_name }}` runs them before the service, `python -m {{ cookiecutter.package_name }}`
+itself (tracing.py). With `OTEL_PYTHON_DISTRO={{ cookiecutter.package_name }}` both pick this distro, then
+opentelemetry-distro's configurator, the SDK's standard setup: one provider, whichever way
+the process started. Each default applies only where its variable is unset.
 """
 
 import os
@@ -18,7 +14,6 @@ from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.distro import OpenTelemetryDistro
-from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # The entry point's name in pyproject.toml, which OTEL_PYTHON_DISTRO names.
@@ -42,16 +37,12 @@ DEFAULTS = {
     "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "fastapi,starlette,asgi",
     # opentelemetry-distro's configurator: the SDK's standard setup.
     "OTEL_PYTHON_CONFIGURATOR": "configurator",
-    # The service's name, version and environment (below); a list of your own must name it.
+    # The service's name, version and environment (resource.py); a list of your own must name it.
     "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": NAME,
     # The client writes the path, the query and the User-Agent: a megabyte header
     # must not become a megabyte span in the trace backend.
     "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "4096",
 }
-# The export thread encodes a batch while holding the GIL: batches of 64 spans
-# instead of the SDK's 512 keep the pause a request can meet short. Not with a
-# queue of the operator's own, which may be smaller (the SDK refuses a larger batch).
-BATCH_SIZE = "64"
 
 
 class ServiceDistro(OpenTelemetryDistro):
@@ -64,22 +55,8 @@ class ServiceDistro(OpenTelemetryDistro):
             propagate.set_global_textmap(TraceContextTextMapPropagator())
         for variable, value in DEFAULTS.items():
             os.environ.setdefault(variable, value)
+        # The export thread encodes a batch while holding the GIL: batches of 64 spans instead of
+        # the SDK's 512 keep the pause a request can meet short. Not with a queue of the
+        # operator's own, which may be smaller (the SDK refuses a larger batch).
         if "OTEL_BSP_MAX_QUEUE_SIZE" not in os.environ:
-            os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BATCH_SIZE)
-
-
-class ServiceResourceDetector(ResourceDetector):
-    """What the settings say the service is, under what OTEL_RESOURCE_ATTRIBUTES and
-    OTEL_SERVICE_NAME say: the SDK merges the `otel` detector, which reads them, last."""
-
-    def detect(self) -> Resource:
-        from ..settings import get_settings  # noqa: PLC0415 - the settings read .env: only now
-
-        settings = get_settings()
-        return Resource(
-            {
-                "service.name": settings.service_name,
-                "service.version": settings.version,
-                "deployment.environment.name": settings.environment,
-            }
-        )
+            os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64")
