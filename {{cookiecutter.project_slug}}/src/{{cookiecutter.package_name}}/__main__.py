@@ -1,10 +1,9 @@
 """Run the service: `python -m {{ cookiecutter.package_name }}`{% if cookiecutter.use_tracing %}, or `opentelemetry-instrument python -m {{ cookiecutter.package_name }}`{% endif %}.
 
-uvicorn serves the app factory through its public API. One worker is the
-default: in containers, scale with replicas. `APP_WORKERS` > 1 runs uvicorn's
-own worker processes, each building its own app{% if cookiecutter.use_tracing %} and tracer provider{% endif %}.
-What a proxy or ingress does best stays there: request-head size limits,
-slow clients and TLS (README.md, "Behind a proxy").
+uvicorn serves the app factory through its public API. One worker is the default: in
+containers, scale with replicas. `APP_WORKERS` > 1 runs uvicorn's own worker processes, each
+building its own app{% if cookiecutter.use_tracing %} and tracer provider{% endif %}. What a proxy or ingress does best stays there:
+request-head size limits, slow clients and TLS (README.md, "Behind a proxy").
 """
 
 import math
@@ -16,7 +15,6 @@ import sys
 {%- if cookiecutter.use_metrics %}
 from pathlib import Path
 {%- endif %}
-from types import FrameType
 
 import uvicorn
 {% if cookiecutter.use_json_logging %}
@@ -32,33 +30,25 @@ APP = "{{ cookiecutter.package_name }}.main:create_app"
 DEFAULT_MULTIPROC_DIR = "/tmp/prometheus-multiproc"  # noqa: S108 - a tmpfs in the container
 
 
-def _prepare_multiprocess_dir() -> None:
-    """Point prometheus_client at an empty directory before any worker starts.
+def _share_metrics(host: str, port: int | None) -> None:
+    """Several workers: point prometheus_client at an empty directory before any starts.
 
-    The workers inherit the variable, which prometheus_client reads when it is
-    first imported, and stale files from an earlier run would be merged in.
+    The workers inherit the variable, which prometheus_client reads when first imported (stale
+    files would be merged in). With `APP_METRICS_PORT` this process serves the merged metrics.
     """
     path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_MULTIPROC_DIR))
     path.mkdir(parents=True, exist_ok=True)
-    # Only the client library's sample files: the directory may hold other things.
-    for stale in path.glob("*.db"):
+    for stale in path.glob("*.db"):  # the client library's files only: the folder may hold others
         stale.unlink()
+    if port is not None:
+        # Imported only now that PROMETHEUS_MULTIPROC_DIR is set.
+        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
 
-
-def _serve_merged_metrics(host: str, port: int) -> None:
-    """`APP_METRICS_PORT` with several workers: this process serves it, for all of them."""
-    # Imported only now that PROMETHEUS_MULTIPROC_DIR is set.
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
-    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    start_http_server(port, host, registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        start_http_server(port, host, registry)
 {%- endif %}
-
-
-def _stopped(signum: int, frame: FrameType | None) -> None:
-    sys.exit(0)
 
 
 def main() -> None:
@@ -84,14 +74,12 @@ def main() -> None:
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
     if settings.workers > 1:
-        _prepare_multiprocess_dir()
-        if settings.metrics_port is not None:
-            _serve_merged_metrics(settings.host, settings.metrics_port)
+        _share_metrics(settings.host, settings.metrics_port)
 {%- endif %}
     # uvicorn drains requests and runs the shutdown on SIGTERM, then re-raises the
     # signal under the handler found at start: this one, so that a requested stop
     # exits 0 instead of looking like a crash (143) to the orchestrator.
-    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         APP,
         factory=True,

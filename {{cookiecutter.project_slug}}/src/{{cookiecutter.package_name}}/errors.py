@@ -3,15 +3,14 @@
 
     {"error": {"status": 404, "message": "...", "request_id": "...", "trace_id": "..."}}
 
-Server errors carry the trace_id (also in the `X-Trace-Id` header) so that a
-user can paste it into the tracing UI. Stack traces go to the logs, never to
-the client, unless debug mode is on.
+Server errors carry the trace_id (also in the `X-Trace-Id` header) so that a user can paste it
+into the tracing UI. Stack traces go to the logs, never to the client, unless in debug mode.
 {%- else %}
 
     {"error": {"status": 404, "message": "...", "request_id": "..."}}
 
-The request_id is also in the `X-Request-ID` response header. Stack traces
-go to the logs, never to the client, unless debug mode is on.
+The request_id is also in the `X-Request-ID` response header. Stack traces go to the logs,
+never to the client, unless in debug mode.
 {%- endif %}
 """
 
@@ -64,40 +63,12 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    if isinstance(exc.detail, str):
-        return error_response(request, exc.status_code, exc.detail, headers=exc.headers)
-    # A structured detail (`HTTPException(409, detail={"code": ...})`) is for the client.
-    details = jsonable_encoder(exc.detail)
-    return error_response(
-        request, exc.status_code, _phrase(exc.status_code), details=details, headers=exc.headers
-    )
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:  # a code of the service's own, such as 499
-        return "Error"
-
-
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # Echo where and why, never the rejected input: it may be huge or hostile.
-    details = [
-        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
-    ]
-    return error_response(request, 422, "Request validation failed", details=details)
-
-
 class BodyLimit:
     """Refuse request bodies over `max_body_bytes` with a 413, and slower than `timeout` with a 408.
 
-    A declared Content-Length over the limit is refused before the app runs;
-    a body of unknown length is cut off as it streams in. A body still
-    incomplete `timeout` seconds after the app first asked for it is refused
-    too: a client trickling it would otherwise hold its connection for ever
-    (the server bounds only the request head). Both go through the app's
-    exception handlers like any other HTTP error.
+    A declared Content-Length is checked before the app runs, a body of unknown length as it
+    streams in. The timeout runs from the app's first read: a client trickling its body would
+    otherwise hold its connection for ever (the server bounds only the request head).
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, timeout: float) -> None:
@@ -131,9 +102,7 @@ class BodyLimit:
                     message = await receive()
             except TimeoutError:
                 # The rest of the body may still come: nothing more is read on this connection.
-                raise HTTPException(
-                    status_code=408, detail="Request body too slow", headers={"Connection": "close"}
-                ) from None
+                raise HTTPException(408, "Request body too slow", {"Connection": "close"}) from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:
@@ -144,20 +113,36 @@ class BodyLimit:
 
 
 def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc.detail, str):
+            return error_response(request, exc.status_code, exc.detail, headers=exc.headers)
+        try:
+            phrase = HTTPStatus(exc.status_code).phrase
+        except ValueError:  # a code of the service's own, such as 499
+            phrase = "Error"
+        # A structured detail (`HTTPException(409, detail={"code": ...})`) is for the client.
+        detail = jsonable_encoder(exc.detail)
+        return error_response(request, exc.status_code, phrase, details=detail, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Echo where and why, never the rejected input: it may be huge or hostile.
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        return error_response(request, 422, "Request validation failed", details=details)
+
+    @app.exception_handler(Exception)
     async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
         # Logged by the server with its stack trace; the client only gets the {% if cookiecutter.use_tracing %}ids{% else %}request id{% endif %}.
         details = traceback.format_exception(exc) if debug else None
-        # Sent from outside the request middleware, which adds X-Request-ID to the others.
-        request_id = getattr(request.state, "request_id", None)
         # The server closes the connection after an unhandled exception: saying so keeps
         # a client from sending its next request down it (a reset, a 502 behind a proxy).
         headers = {"Connection": "close"}
-        if request_id:
+        # Sent from outside the request middleware, which adds X-Request-ID to the others.
+        if request_id := getattr(request.state, "request_id", None):
             headers["X-Request-ID"] = request_id
         return error_response(
             request, 500, "Internal Server Error", details=details, headers=headers
         )
-
-    app.exception_handler(HTTPException)(http_error)
-    app.exception_handler(RequestValidationError)(validation_error)
-    app.exception_handler(Exception)(unhandled_error)

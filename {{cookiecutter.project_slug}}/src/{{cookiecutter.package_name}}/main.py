@@ -13,31 +13,12 @@ from fastapi import FastAPI
 
 from .api import health, items
 from .errors import BodyLimit, install_error_handlers
-{%- if observed %}
-from .observability.context import RequestContextMiddleware, RouteResolver
-{%- else %}
-from .observability.context import RequestContextMiddleware
+{%- if cookiecutter.use_metrics or cookiecutter.use_tracing %}
+from .observability import {{ ["metrics" if cookiecutter.use_metrics else "", "tracing" if cookiecutter.use_tracing else ""] | select | join(", ") }}
 {%- endif %}
+from .observability.context import RequestContextMiddleware{% if observed %}, RouteResolver{% endif %}
 {%- if cookiecutter.use_json_logging %}
 from .observability.logging import configure_logging, flush_logs, log_request
-{%- endif %}
-{%- if cookiecutter.use_metrics %}
-from .observability.metrics import (
-    event_loop_monitor,
-    forget_this_process,
-    request_finished,
-    request_started,
-    setup_metrics,
-)
-{%- endif %}
-{%- if cookiecutter.use_tracing %}
-from .observability.tracing import (
-    configure_tracing,
-    flush_spans,
-    server_spans,
-    telemetry_config,
-    watch_export,
-)
 {%- endif %}
 from .settings import Settings, get_settings{% if cookiecutter.use_json_logging %}, summary{% endif %}
 
@@ -46,17 +27,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 {%- if cookiecutter.use_json_logging %}
     configure_logging(settings)
+    started = summary(settings)
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
-    configure_tracing()  # once per process: a no-op under opentelemetry-instrument
-    {% if cookiecutter.use_json_logging %}tracing = {% endif %}watch_export()
+    tracing.configure_tracing()  # once per process: a no-op under opentelemetry-instrument
+    {% if cookiecutter.use_json_logging %}started += "; " + {% endif %}tracing.watch_export()
 {%- endif %}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- if cookiecutter.use_metrics %}
         async with (
-            event_loop_monitor(),
+            metrics.event_loop_monitor(),
             httpx.AsyncClient(timeout=settings.downstream_timeout_seconds) as client,
         ):
 {%- else %}
@@ -69,18 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
 {%- if cookiecutter.use_json_logging %}
-{%- if cookiecutter.use_tracing %}
-            logging.getLogger(__name__).info("started: %s; %s", summary(settings), tracing)
-{%- else %}
-            logging.getLogger(__name__).info("started: %s", summary(settings))
-{%- endif %}
+            logging.getLogger(__name__).info("started: %s", started)
 {%- endif %}
             yield
 {%- if cookiecutter.use_metrics %}
-        forget_this_process()
+        metrics.forget_this_process()
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
-        flush_spans(settings.span_flush_seconds)
+        tracing.flush_spans(settings.span_flush_seconds)
 {%- endif %}
 {%- if cookiecutter.use_json_logging %}
         flush_logs()
@@ -96,11 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.api_docs else None,
         openapi_url="/openapi.json" if settings.api_docs else None,
         lifespan=lifespan,
-{%- if cookiecutter.use_tracing %}
-        telemetry=telemetry_config(settings),
-{%- else %}
-        telemetry={"tracing": False, "metrics": False, "logs": False},
-{%- endif %}
+        telemetry={% if cookiecutter.use_tracing %}tracing.telemetry_config(settings){% else %}{"tracing": False, "metrics": False, "logs": False}{% endif %},
     )
     # Routes that depend on get_settings see these settings, not a second copy from the environment.
     app.dependency_overrides[get_settings] = lambda: settings
@@ -112,28 +86,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware,
 {%- if cookiecutter.use_metrics %}
-        on_start=[request_started],
+        on_start=[metrics.request_started],
 {%- endif %}
 {%- if cookiecutter.use_json_logging or cookiecutter.use_metrics %}
-        on_finish=[
-{%- if cookiecutter.use_metrics %}
-            request_finished,
-{%- endif %}
-{%- if cookiecutter.use_json_logging %}
-            log_request,
-{%- endif %}
-        ],
+        on_finish=[{{ ["metrics.request_finished" if cookiecutter.use_metrics else "", "log_request" if cookiecutter.use_json_logging else ""] | select | join(", ") }}],
 {%- endif %}
         resolve_route=RouteResolver(lambda: app.routes),
 {%- if cookiecutter.use_tracing %}
-        spans=server_spans(settings),
+        spans=tracing.ServerSpans(settings),
 {%- endif %}
     )
 {%- else %}
     app.add_middleware(RequestContextMiddleware)
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
-    setup_metrics(app, settings)
+    metrics.setup_metrics(app, settings)
 {%- endif %}
     app.include_router(health.router)
     app.include_router(items.router)

@@ -1,9 +1,8 @@
 {% if cookiecutter.use_tracing -%}
 """Every setting of the service, read from the environment (prefix ``APP_``).
 
-Tracing is configured by the standard ``OTEL_*`` variables on top of these,
-read by the OpenTelemetry SDK itself (observability/distro.py has the
-service's defaults), so that operators can use what they already know.
+Tracing is configured by the standard ``OTEL_*`` variables on top of these, read by the
+OpenTelemetry SDK itself (observability/distro.py has the service's defaults).
 """
 {%- else -%}
 """Every setting of the service, read from the environment (prefix ``APP_``)."""
@@ -11,22 +10,24 @@ service's defaults), so that operators can use what they already know.
 
 from functools import lru_cache
 {%- if cookiecutter.use_json_logging %}
-from typing import Literal
+from typing import Annotated, Literal
 {%- endif %}
 
 {%- set pydantic_names = ["AnyHttpUrl", "Field", "SecretStr", "ValidationError"] %}
-{%- if cookiecutter.use_json_logging %}{% set pydantic_names = pydantic_names + ["field_validator"] %}{% endif %}
+{%- if cookiecutter.use_json_logging %}{% set pydantic_names = pydantic_names + ["BeforeValidator"] %}{% endif %}
 {%- if cookiecutter.use_metrics %}{% set pydantic_names = pydantic_names + ["model_validator"] %}{% endif %}
 
 import httpx
 from pydantic import {{ pydantic_names | sort(case_sensitive=True) | join(", ") }}
-from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import __version__
 {%- if cookiecutter.use_json_logging %}
 
-LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+LogLevel = Annotated[
+    Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
+    BeforeValidator(lambda value: value.strip().upper() if isinstance(value, str) else value),
+]
 {%- endif %}
 
 
@@ -94,13 +95,6 @@ class Settings(BaseSettings):
     # How long the shutdown waits for queued spans to reach the collector, once requests drained.
     span_flush_seconds: float = Field(default=5.0, gt=0)
 {%- endif %}
-{%- if cookiecutter.use_json_logging %}
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_case_level(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
-{%- endif %}
 {%- if cookiecutter.use_metrics %}
 
     @model_validator(mode="after")
@@ -142,19 +136,16 @@ def without_credentials(url: str) -> str:
 def configuration_errors() -> list[str]:
     """What is wrong with the environment's settings, one line per variable (empty: nothing).
 
-    Checked before the service starts, so that a bad value stops it with a line
-    naming the variable rather than a traceback. The lines never repeat the
-    value: it may be a secret, or a URL with credentials in it.
+    Checked before the service starts: a bad value stops it with a line naming the variable, not
+    a traceback. The lines never repeat the value: it may be a secret, or a URL's credentials.
     """
     errors: list[str] = []
     try:
         Settings()
     except ValidationError as error:
-        errors += [_describe(detail) for detail in error.errors()]
+        for detail in error.errors():
+            field = next((str(part) for part in detail["loc"] if isinstance(part, str)), "")
+            message = detail["msg"].removeprefix("Value error, ")
+            # A check of several fields (the model validator's) names none.
+            errors.append(f"APP_{field.upper()}: {message}" if field else message)
     return errors
-
-
-def _describe(detail: ErrorDetails) -> str:
-    field = next((str(part) for part in detail["loc"] if isinstance(part, str)), "")
-    message = detail["msg"].removeprefix("Value error, ")
-    return f"APP_{field.upper()}: {message}" if field else message  # a check of several

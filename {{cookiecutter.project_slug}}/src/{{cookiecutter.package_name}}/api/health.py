@@ -1,8 +1,4 @@
-{%- if cookiecutter.__signals -%}
-"""Liveness and readiness probes (kept out of {{ cookiecutter.__signals }})."""
-{%- else -%}
-"""Liveness and readiness probes."""
-{%- endif %}
+"""Liveness and readiness probes{% if cookiecutter.__signals %} (kept out of {{ cookiecutter.__signals }}){% endif %}."""
 
 from fastapi import APIRouter
 
@@ -19,9 +15,8 @@ async def live() -> dict[str, str]:
 async def ready() -> dict[str, str]:
     """The service can take traffic: its startup has finished (the server answers nothing before).
 
-    On SIGTERM the server stops accepting connections at once and lets the
-    requests in flight finish, so this never answers "not ready": a load
-    balancer that learns of the stop late needs the orchestrator's pre-stop
-    delay (Kubernetes: a preStop `sleep`).
+    On SIGTERM the server stops accepting connections at once and lets the requests in flight
+    finish, so this never answers "not ready": a load balancer that learns of the stop late
+    needs the orchestrator's pre-stop delay (Kubernetes: a preStop `sleep`).
     """
     return {"status": "ready"}

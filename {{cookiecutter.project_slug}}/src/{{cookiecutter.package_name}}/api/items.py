@@ -1,12 +1,9 @@
-"""Example routes: a parameterised route, a downstream call and a deliberate failure.
-
-Replace them with the service's real API; they exist to show {% if cookiecutter.__signals %}each signal{% else %}the error format{% endif %} at work.
-"""
+"""Example routes showing {% if cookiecutter.__signals %}each signal{% else %}the error format{% endif %} at work: replace them with the service's real API."""
 
 {% if not cookiecutter.use_json_logging -%}
 import logging
 {% endif -%}
-from typing import Annotated
+from typing import Annotated, cast
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
@@ -38,17 +35,12 @@ class DownstreamResult(BaseModel):
 
 
 def http_client(request: Request) -> httpx.AsyncClient:
-    client: httpx.AsyncClient = request.app.state.http_client
-    return client
+    return cast(httpx.AsyncClient, request.app.state.http_client)
 
 
 @router.get("/items/{item_id}")
 async def get_item(item_id: Annotated[int, Path(ge=1, le=1_000_000)]) -> Item:
-{%- if cookiecutter.use_json_logging or cookiecutter.use_metrics or cookiecutter.use_tracing %}
-    """A route with a path parameter: requests are labelled `/api/items/{item_id}`, not by id."""
-{%- else %}
-    """A route with a path parameter, validated: out of range is a 422."""
-{%- endif %}
+    """A route with a path parameter{% if cookiecutter.__signals %}: requests are labelled `/api/items/{item_id}`, not by id{% else %}, validated: out of range is a 422{% endif %}."""
     return Item(id=item_id, name=f"item-{item_id}")
 
 
@@ -63,11 +55,7 @@ async def call_downstream(
     client: Annotated[httpx.AsyncClient, Depends(http_client)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> DownstreamResult:
-{%- if cookiecutter.use_tracing %}
-    """Calls another HTTP service; the call carries `traceparent`, so the trace continues there."""
-{%- else %}
-    """Calls another HTTP service; a failed call is a 502."""
-{%- endif %}
+    """Calls another HTTP service; {% if cookiecutter.use_tracing %}the call carries `traceparent`, so the trace continues there{% else %}a failed call is a 502{% endif %}."""
     url = str(settings.downstream_url or f"http://127.0.0.1:{settings.port}/api/items/1")
     headers = {}
     if settings.downstream_token is not None:

@@ -2,75 +2,61 @@
 {%- if observed -%}
 """Per-request context read by {{ cookiecutter.__signals }}.
 
-One pure-ASGI middleware (never BaseHTTPMiddleware, which breaks context
-propagation and costs half the throughput of a small endpoint) assigns the
-request id, times the request, resolves the route template once and hands a
-`RequestInfo` to the signals that observe requests. Each signal module
-registers its own callbacks, so turning a signal off is deleting its module.
+One pure-ASGI middleware (never BaseHTTPMiddleware, which breaks context propagation and
+costs half the throughput of a small endpoint) assigns the request id, times the request,
+resolves the route template once and hands a `RequestInfo` to the signals that observe
+requests. Each signal module registers its own callbacks: turning a signal off deletes its module.
 """
-{%- else -%}
-"""The request id: every response carries one, and so does every error body.
-
-A pure-ASGI middleware (never BaseHTTPMiddleware, which breaks context
-propagation and costs half the throughput of a small endpoint) assigns it.
-"""
-{%- endif %}
 
 import logging
 import os
 import re
-{%- if observed %}
 from collections.abc import Callable, Iterable, Sequence
-{%- endif %}
 from contextvars import ContextVar
-{%- if observed %}
 from dataclasses import dataclass
 from time import perf_counter
-{%- if cookiecutter.use_tracing %}
-from typing import Any, Protocol
-{%- else %}
-from typing import Any
-{%- endif %}
+from typing import {% if cookiecutter.use_tracing %}TYPE_CHECKING, {% endif %}Any
 
 from fastapi.routing import iter_route_contexts
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-{%- else %}
+{%- if cookiecutter.use_tracing %}
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:
+    from .tracing import ServerSpans
 {%- endif %}
-{%- if observed %}
-{%- if cookiecutter.use_json_logging and cookiecutter.use_metrics and cookiecutter.use_tracing %}
 
-# Requests to these paths are neither logged, measured nor traced: probes and
-# scrapes would drown the signal they are there to collect.
-{%- else %}
-
-# Requests to these paths are left out of the {{ cookiecutter.__signals }}:
-# probes{% if cookiecutter.use_metrics %} and scrapes{% endif %} would drown the signal they are there to collect.
-{%- endif %}
+# Probes{% if cookiecutter.use_metrics %} and scrapes{% endif %} are left out of the {{ cookiecutter.__signals }}:
+# they would drown the signal they are there to collect.
 EXCLUDED_PATHS = frozenset({ {%- if cookiecutter.use_metrics %}"/metrics", {% endif %}"/health", "/health/ready"})
 UNMATCHED_ROUTE = "__unmatched__"
 KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
 )
 OTHER_METHOD = "_OTHER"  # OpenTelemetry's value for methods outside the known set
+{%- else -%}
+"""The request id: every response carries one, and so does every error body.
+
+A pure-ASGI middleware (never BaseHTTPMiddleware, which breaks context
+propagation and costs half the throughput of a small endpoint) assigns it.
+"""
+
+import logging
+import os
+import re
+from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 {%- endif %}
 
-# A caller's X-Request-ID is kept only if it is a short token; anything else
-# (newlines, quotes, megabytes) is replaced, so it can never reach {% if cookiecutter.use_json_logging %}a log line
-# or {% endif %}a response header raw.
+# A caller's X-Request-ID is kept only if it is a short token: anything else (newlines, quotes,
+# megabytes) is replaced and never reaches {% if cookiecutter.use_json_logging %}a log line or {% endif %}a response header.
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _REQUEST_ID_HEADER = b"x-request-id"
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _logger = logging.getLogger(__name__)
-
-
-def current_request_id() -> str | None:
-    return request_id_var.get()
-
 {%- if observed %}
 
 
@@ -89,27 +75,18 @@ class RequestInfo:
     user_agent: str | None
     request_id: str
 {%- if cookiecutter.use_tracing %}
-    trace_id: str | None
-    span_id: str | None
-    sampled: bool
-
-
-# (trace_id, span_id, sampled) in W3C hex form.
-TraceIds = tuple[str, str, bool]
+    trace_id: str | None = None
+    span_id: str | None = None
+    sampled: bool = False
 {%- endif %}
-
-
-RequestStarted = Callable[[str, str], None]  # (method, scheme)
-RequestFinished = Callable[[RequestInfo], None]
 
 
 class RouteResolver:
     """Finds the template of the route serving a request: `/items/{item_id}`.
 
-    It walks FastAPI's public `iter_route_contexts`, which flattens included
-    routers with their prefixes (FastAPI >= 0.137 no longer copies them into
-    `app.routes`), and descends into mounted applications. Matches are cached
-    per method and path, so the usual request costs one dict lookup.
+    It walks FastAPI's public `iter_route_contexts`, which flattens included routers with
+    their prefixes (FastAPI >= 0.137 no longer copies them into `app.routes`), and descends
+    into mounted applications. Matches are cached: the usual request costs one dict lookup.
     """
 
     _CACHE_SIZE = 2048
@@ -148,57 +125,19 @@ class RouteResolver:
         return (partial, True) if partial is not None else (UNMATCHED_ROUTE, False)
 
 
-{%- if cookiecutter.use_tracing %}
-
-
-class ServerSpans(Protocol):
-    """Records the server span of each request; tracing.py has the implementation."""
-
-    def start(self, scope: Scope, method: str, route: str) -> Any:
-        """Start the request's span and make it current; returns what `end` needs."""
-
-    def end(
-        self,
-        started: Any,
-        status: int,
-        error_type: str | None,
-        *,
-        finished_ago: float = 0.0,
-        keep_current: bool = False,
-    ) -> TraceIds | None:
-        """End the span, failed if `error_type` is set (as in `RequestInfo`).
-
-        The span ends `finished_ago` seconds ago, when the response was sent.
-        With `keep_current` the span stays current for the rest of the task.
-        Returns (trace_id, span_id, sampled) of the request, if it has a trace.
-        """
-{%- endif %}
-{%- endif %}
-
-
 class RequestContextMiddleware:
-{%- if observed %}
-    """Request id, timing and route of every HTTP request, in one pass.
-
-{%- if cookiecutter.use_tracing %}
-
-    The signals see each finished request through `on_finish`; `spans`, when
-    tracing is on, records the request's server span around the app.
-{%- else %}
-
-    The signals see each finished request through `on_finish`.
-{%- endif %}
-    """
+    """Request id, timing and route of every HTTP request in one pass (excluded paths: the id).
+    The signals see each finished request through `on_finish`{% if cookiecutter.use_tracing %}; `spans` records its server span{% endif %}."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        on_start: Sequence[RequestStarted] = (),
-        on_finish: Sequence[RequestFinished] = (),
+        on_start: Sequence[Callable[[str, str], None]] = (),  # (method, scheme)
+        on_finish: Sequence[Callable[[RequestInfo], None]] = (),
         resolve_route: Callable[[Scope], str],
 {%- if cookiecutter.use_tracing %}
-        spans: ServerSpans | None = None,
+        spans: "ServerSpans | None" = None,
 {%- endif %}
     ) -> None:
         self.app = app
@@ -208,47 +147,31 @@ class RequestContextMiddleware:
 {%- if cookiecutter.use_tracing %}
         self.spans = spans
 {%- endif %}
-{%- else %}
-    """The id of every HTTP request, sent back in `X-Request-ID`.
-
-    The caller's id is kept if it is a short token, else a fresh one is made.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-{%- endif %}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = _request_id(scope)
         token = request_id_var.set(request_id)
-{%- if observed %}
-        if scope["path"] in EXCLUDED_PATHS:
-            try:
-                await _pass_through(self.app, scope, receive, send, request_id)
-            finally:
-                request_id_var.reset(token)
-            return
-
-        method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
-        # Resolved before the app runs: routing rewrites root_path inside mounts.
-        route = self.resolve_route(scope)
-        scheme = scope.get("scheme", "http")
-        for started in self.on_start:
-            started(method, scheme)
+        observed = scope["path"] not in EXCLUDED_PATHS
+        if observed:
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
+            # Resolved before the app runs: routing rewrites root_path inside mounts.
+            route = self.resolve_route(scope)
+            scheme = scope.get("scheme", "http")
+            for started in self.on_start:
+                started(method, scheme)
+{%- if cookiecutter.use_tracing %}
+            spans = self.spans
+            span = spans.start(scope, method, route) if spans is not None else None
+{%- endif %}
         status = 500  # what the client gets if the app raises before responding
         error_type: str | None = None
-{%- if cookiecutter.use_tracing %}
-        spans = self.spans
-        span = spans.start(scope, method, route) if spans is not None else None
-{%- endif %}
         start = perf_counter()
         sent: float | None = None  # when the response's last byte was handed to the server
 
-        async def send_with_ids(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -259,80 +182,93 @@ class RequestContextMiddleware:
 
         raised = False
         try:
-            await self.app(scope, receive, send_with_ids)
+            await self.app(scope, receive, send_with_id)
         except BaseException as exc:
             error_type = type(exc).__qualname__
             if sent is None or not isinstance(exc, Exception):
                 raised = True
                 raise
-            _log_after_response(exc)
+            # The client had its whole response (a background task failed). Re-raised, it would
+            # reach the server, which closes the connection after an exception: a client already
+            # reusing it for its next request would get a reset (a 502 behind a load balancer).
+            _logger.error("Exception after the response was sent", exc_info=exc)
         finally:
-            now = perf_counter()
-            # The client's wait: background tasks run after the response, off the clock.
-            duration = (now if sent is None else sent) - start
-            if error_type is None and status >= 500:
-                error_type = str(status)  # failed without raising: the status names the error
-{%- if cookiecutter.use_tracing %}
-            ids = (
-                spans.end(
-                    span, status, error_type, finished_ago=now - (sent or now), keep_current=raised
+            if observed:
+                now = perf_counter()
+                if error_type is None and status >= 500:
+                    error_type = str(status)  # failed without raising: the status names the error
+                info = RequestInfo(
+                    method=method,
+                    scheme=scheme,
+                    route=route,
+                    path=scope["path"],
+                    status=status,
+                    error_type=error_type,
+                    # The client's wait: background tasks run after the response, off the clock.
+                    duration=(now if sent is None else sent) - start,
+                    client=scope["client"][0] if scope.get("client") else None,
+                    user_agent=_header(scope, b"user-agent"),
+                    request_id=request_id,
                 )
-                if spans is not None
-                else None
-            )
-{%- endif %}
-            info = RequestInfo(
-                method=method,
-                scheme=scheme,
-                route=route,
-                path=scope["path"],
-                status=status,
-                error_type=error_type,
-                duration=duration,
-                client=scope["client"][0] if scope.get("client") else None,
-                user_agent=_header(scope, b"user-agent"),
-                request_id=request_id,
 {%- if cookiecutter.use_tracing %}
-                trace_id=ids[0] if ids is not None else None,
-                span_id=ids[1] if ids is not None else None,
-                sampled=ids is not None and ids[2],
+                if spans is not None:
+                    ago = now - (sent or now)  # the span ends with the response
+                    ids = spans.end(span, status, error_type, finished_ago=ago, keep_current=raised)
+                    if ids is not None:
+                        info.trace_id, info.span_id, info.sampled = ids
 {%- endif %}
-            )
-            for finished in self.on_finish:
-                finished(info)
+                for finished in self.on_finish:
+                    finished(info)
             # What the app raised goes on to the error handler and the server's exception
             # log line, both after this returns, in this request's own task: the request's
             # ids stay set for them.
             if not raised:
                 request_id_var.reset(token)
 {%- else %}
+
+
+class RequestContextMiddleware:
+    """The id of every HTTP request, sent back in `X-Request-ID`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        token = request_id_var.set(request_id)
+        sent = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.start":
+                _add_request_id(message, request_id)
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent = True
+
         try:
-            await _pass_through(self.app, scope, receive, send, request_id)
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if not sent:
+                raise
+            # A background task, after the whole response. Re-raised, it would reach the server,
+            # which closes the connection: a client reusing it would get a reset it did not cause.
+            _logger.error("Exception after the response was sent", exc_info=exc)
         finally:
             request_id_var.reset(token)
 {%- endif %}
 
 
-async def _pass_through(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, request_id: str
-) -> None:
-    """Run the app, adding the `X-Request-ID` header to its response."""
-    sent = False
-
-    async def send_with_id(message: Message) -> None:
-        nonlocal sent
-        if message["type"] == "http.response.start":
-            _add_request_id(message, request_id)
-        await send(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            sent = True
-
-    try:
-        await app(scope, receive, send_with_id)
-    except Exception as exc:
-        if not sent:
-            raise
-        _log_after_response(exc)
+def _request_id(scope: Scope) -> str:
+    """The caller's id if it is a short token, else a fresh one; kept in the scope's state."""
+    request_id = _header(scope, _REQUEST_ID_HEADER)
+    if request_id is None or not _REQUEST_ID_RE.fullmatch(request_id):
+        request_id = os.urandom(16).hex()
+    scope.setdefault("state", {})["request_id"] = request_id
+    return request_id
 
 
 def _add_request_id(start: Message, request_id: str) -> None:
@@ -342,25 +278,8 @@ def _add_request_id(start: Message, request_id: str) -> None:
         headers.append((_REQUEST_ID_HEADER, request_id.encode()))
 
 
-def _log_after_response(exc: Exception) -> None:
-    """Log what failed once the client had its whole response (a background task).
-
-    Re-raised, it would reach the server, which closes the connection after an
-    exception; a client that already reuses it for its next request would get
-    a reset (a 502 behind a load balancer) for a failure that was not its own.
-    """
-    _logger.error("Exception after the response was sent", exc_info=exc)
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
-    return None
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    value = _header(scope, _REQUEST_ID_HEADER)
-    if value is not None and _REQUEST_ID_RE.fullmatch(value):
-        return value
     return None

@@ -1,17 +1,12 @@
 """Logs: loguru, one JSON object per line on stdout, with {% if cookiecutter.use_tracing %}trace and {% endif %}request ids.
 
-- stdlib `logging` (uvicorn, httpx, the OpenTelemetry SDK, ...) is routed
-  into loguru, so every line goes through the same sink and none is printed twice.
-- uvicorn's access log is off (`python -m` turns it off); `log_request` writes
-  one structured access line per request instead.
-- The event loop never waits for stdout: lines go to a bounded in-memory
-  buffer drained by a writer thread. If stdout blocks (a stalled log
-  collector), the buffer fills up to `log_buffer_lines`, further lines are
-  dropped and counted, and a warning with the count is written once stdout
-  drains again. Memory stays bounded and requests keep flowing.
-- Every string value is cut at `log_max_value_length` characters (suffix
-  `...[truncated N chars]`), and orjson escapes newlines, quotes and control
-  characters, so user-controlled text cannot break or forge a line.
+- stdlib `logging` (uvicorn, httpx, the OpenTelemetry SDK, ...) is routed into loguru: one sink,
+  no line printed twice. `log_request` writes the access line, uvicorn's own is off.
+- The event loop never waits for stdout: lines go to a buffer of `log_buffer_lines`
+  drained by a writer thread. While stdout blocks (a stalled log collector), lines
+  beyond it are dropped and counted, and the count is logged once stdout drains.
+- String values are cut at `log_max_value_length` characters, and orjson escapes
+  control characters: user-controlled text cannot break or forge a line.
 """
 
 import atexit
@@ -22,7 +17,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from contextlib import suppress
 from types import CodeType, FrameType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,7 +25,7 @@ import orjson
 from loguru import logger
 
 from ..settings import Settings
-from .context import RequestInfo, current_request_id
+from .context import RequestInfo, request_id_var
 {%- if cookiecutter.use_tracing %}
 from .tracing import current_trace_ids
 {%- endif %}
@@ -88,37 +83,28 @@ class BufferedWriter:
 
     def _drain(self) -> None:
         with self._drain_lock:
-            self._drain_locked()
-
-    def _drain_locked(self) -> None:
-        lines = self._lines
-        # What is buffered now, not what arrives while taking it: a batch stays within
-        # max_lines, so a stuck write holds at most that many lines besides the buffer.
-        batch = [lines.popleft() for _ in range(len(lines))]
-        with self._drop_lock:
-            dropped, self._dropped = self._dropped, 0
-        if dropped:
-            batch.append(
-                orjson.dumps(
-                    {
-                        "timestamp": _utc_now(),
-                        "level": "WARNING",
-                        "message": f"log buffer full: dropped {dropped} log lines while stdout was blocked",
-                        "logger": __name__,
-                        "dropped_lines": dropped,
-                    },
-                    option=orjson.OPT_APPEND_NEWLINE,
-                )
-            )
-        if batch:
-            self._write(batch)
+            lines = self._lines
+            # What is buffered now, not what arrives while taking it: a batch stays within
+            # max_lines, so a stuck write holds at most that many lines besides the buffer.
+            batch = [lines.popleft() for _ in range(len(lines))]
+            with self._drop_lock:
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                warning = {
+                    "timestamp": _timestamp(time.time_ns() // 1000),
+                    "level": "WARNING",
+                    "message": f"log buffer full: dropped {dropped} log lines while stdout was blocked",
+                    "logger": __name__,
+                    "dropped_lines": dropped,
+                }
+                batch.append(orjson.dumps(warning, option=orjson.OPT_APPEND_NEWLINE))
+            if batch:
+                self._write(batch)
 
     def _write(self, batch: list[bytes]) -> None:
-        try:
+        with suppress(OSError, ValueError):  # stdout closed: nowhere left to log
             self._stream.write(b"".join(batch))
             self._stream.flush()
-        except (OSError, ValueError):  # stdout closed: nowhere left to log
-            pass
 
 
 class JsonFormatter:
@@ -137,7 +123,7 @@ class JsonFormatter:
     def __call__(self, record: "Record") -> bytes:
         extra = record["extra"]
         entry: dict[str, Any] = {
-            "timestamp": _rfc3339(record["time"]),
+            "timestamp": _timestamp(round(record["time"].timestamp() * 1e6)),
             "level": record["level"].name,
             "message": self._cut(record["message"]),
             "logger": extra.get("logger") or record["name"],
@@ -152,7 +138,7 @@ class JsonFormatter:
             # Unsampled requests have ids too (to correlate by), but no trace to open.
             entry["trace_id"], entry["span_id"], entry["trace_sampled"] = ids
 {%- endif %}
-        request_id = current_request_id()
+        request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
         for key, value in extra.items():
@@ -162,34 +148,23 @@ class JsonFormatter:
         if exception is not None and exception.type is not None:
             entry["exception_type"] = exception.type.__name__
             entry["exception_message"] = self._cut(str(exception.value))
-            entry["exception_stacktrace"] = self._cut(
-                "".join(
-                    traceback.format_exception(exception.type, exception.value, exception.traceback)
-                )
-            )
+            stack = traceback.format_exception(exception.type, exception.value, exception.traceback)
+            entry["exception_stacktrace"] = self._cut("".join(stack))
         return orjson.dumps(
-            entry,
-            default=str,
-            option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
+            entry, default=str, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
         )
 
     def access_line(self, info: RequestInfo, level: str, caller: FrameType) -> bytes:
-        """The access line, as `__call__` would write it, without building a loguru record.
-
-        It is written once per request: skipping loguru's record halves its cost.
-        """
+        """The access line as `__call__` writes it: skipping loguru's record halves its cost."""
         cut = self._cut
         code = caller.f_code
-        origin = self._origins.get((id(code), caller.f_lasti))
-        if origin is None or origin[0] is not code:  # hashing a code object is slow; its id is not
-            origin = self._origins[id(code), caller.f_lasti] = (
-                code,
-                caller.f_globals["__name__"].rpartition(".")[2],
-                code.co_name,
-                caller.f_lineno,
-            )
+        key = (id(code), caller.f_lasti)  # hashing a code object is slow; its id is not
+        origin = self._origins.get(key)
+        if origin is None or origin[0] is not code:
+            module = caller.f_globals["__name__"].rpartition(".")[2]
+            origin = self._origins[key] = (code, module, code.co_name, caller.f_lineno)
         entry: dict[str, Any] = {
-            "timestamp": _utc_now(),
+            "timestamp": _timestamp(time.time_ns() // 1000),
             "level": level,
             # Method and route are bounded (see context.py); only the path needs cutting.
             "message": f"{info.method} {info.route} {info.status}",
@@ -221,18 +196,13 @@ class JsonFormatter:
         return f"{value[: self._max]}...[truncated {len(value) - self._max} chars]"
 
 
-def _rfc3339(moment: datetime) -> str:
-    """2026-01-31T12:00:00.123456Z: UTC, as log collectors parse it fastest."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
-
-
 _second_prefix: tuple[int, str] = (-1, "")
 
 
-def _utc_now() -> str:
-    """The current time as `_rfc3339` writes it, formatting the date once a second."""
-    global _second_prefix  # noqa: PLW0603 - a one-entry cache, replaced atomically
-    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+def _timestamp(micros: int) -> str:
+    """Epoch microseconds as 2026-01-31T12:00:00.123456Z: UTC, parsed fastest by log collectors."""
+    global _second_prefix  # noqa: PLW0603 - the date, formatted once a second, replaced atomically
+    second, micros = divmod(micros, 1_000_000)
     cached_second, prefix = _second_prefix
     if second != cached_second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -261,12 +231,15 @@ class InterceptHandler(logging.Handler):
 
 
 _writer: BufferedWriter | None = None  # one per process
+# In JSON mode the access line, written once per request, skips loguru's record building.
+_json_access: tuple[JsonFormatter, BufferedWriter, int] | None = None
 
 
 def configure_logging(settings: Settings) -> None:
     """Install the sink. Safe to call again (tests, workers): it replaces the old one."""
-    global _writer, _access_sink  # noqa: PLW0603 - one stdout writer per process
+    global _writer, _json_access  # noqa: PLW0603 - one stdout writer per process
     logger.remove()
+    threshold = logger.level(settings.log_level).no
     if settings.log_format == "json":
         if _writer is None:
             _writer = BufferedWriter(sys.stdout.buffer, settings.log_buffer_lines)
@@ -277,16 +250,8 @@ def configure_logging(settings: Settings) -> None:
         def sink(message: "Message") -> None:
             writer.write(formatter(message.record))
 
-        threshold = logger.level(settings.log_level).no
-
-        def access(info: RequestInfo, level: str, level_no: int) -> None:
-            if level_no >= threshold:
-                # Frame 2 is log_request's caller, the frame loguru's opt(depth=1) names.
-                writer.write(formatter.access_line(info, level, sys._getframe(2)))
-
-        _access_sink = access
-
-        logger.add(sink, level=settings.log_level, format="{message}", catch=True, diagnose=False)
+        _json_access = (formatter, writer, threshold)
+        logger.add(sink, level=threshold, format="{message}", catch=True, diagnose=False)
     else:
         # Colours only on a terminal (loguru would also colour on CI): piped, plain text.
         logger.add(
@@ -296,30 +261,25 @@ def configure_logging(settings: Settings) -> None:
             colorize=sys.stderr.isatty(),
             diagnose=settings.debug,
         )
-        _access_sink = None
+        _json_access = None
 
     # The stdlib drops records under the threshold before building them. Level 0 would
     # also make uvicorn believe TRACE is on and wrap the app in its MessageLoggerMiddleware,
     # which logs every ASGI message of every request.
-    logging.basicConfig(
-        handlers=[InterceptHandler()], level=logger.level(settings.log_level).no, force=True
-    )
+    logging.basicConfig(handlers=[InterceptHandler()], level=threshold, force=True)
     for name in _ROUTED_LOGGERS:
-        routed = logging.getLogger(name)
-        routed.handlers = []
-        routed.propagate = True
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True
     for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logger.level(settings.log_level).no))
-
-
-_CONSOLE_FORMAT = (
-    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
-    "<cyan>{name}:{function}:{line}</cyan> <level>{message}</level>"
-)
+        logging.getLogger(name).setLevel(max(logging.WARNING, threshold))
 
 
 def _console_format(max_length: int) -> Callable[["Record"], str]:
     """One line for people: the message, then the request's ids and the bound fields."""
+    head = (
+        "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
+        "<cyan>{name}:{function}:{line}</cyan> <level>{message}</level>"
+    )
 
     def shown(value: object) -> str:
         # A client writes the path and the User-Agent: no newline or terminal escape of theirs
@@ -328,12 +288,8 @@ def _console_format(max_length: int) -> Callable[["Record"], str]:
         return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
     def console_format(record: "Record") -> str:
-        fields = {
-            key: value
-            for key, value in record["extra"].items()
-            if key != "logger" and value is not None
-        }
-        request_id = current_request_id()
+        fields = {k: v for k, v in record["extra"].items() if k != "logger" and v is not None}
+        request_id = request_id_var.get()
         if request_id is not None:
             fields["request_id"] = request_id
 {%- if cookiecutter.use_tracing %}
@@ -342,37 +298,32 @@ def _console_format(max_length: int) -> Callable[["Record"], str]:
             fields["trace_id"] = ids[0]
 {%- endif %}
         if not fields:
-            return _CONSOLE_FORMAT + "\n{exception}"
+            return head + "\n{exception}"
         # Referenced by name, not pasted into the format: values may hold braces or markup.
-        record["extra"]["_console_fields"] = " ".join(
-            f"{key}={shown(value)}" for key, value in fields.items()
-        )
-        return _CONSOLE_FORMAT + " <dim>{extra[_console_fields]}</dim>\n{exception}"
+        record["extra"]["_console_fields"] = " ".join(f"{k}={shown(v)}" for k, v in fields.items())
+        return head + " <dim>{extra[_console_fields]}</dim>\n{exception}"
 
     return console_format
 
 
 def flush_logs() -> None:
-    """Write out buffered lines, and later ones at once: call at the end of the lifespan.
-
-    A worker of several then ends by the signal uvicorn re-raises, which runs no atexit.
-    """
+    """Write out buffered lines, and later ones at once: call at the end of the lifespan
+    (a worker of several then ends by the signal uvicorn re-raises, which runs no atexit)."""
     if _writer is not None:
         _writer.close()
-
-
-_access = logger.bind(logger="access")
-# In JSON mode the access line, written once per request, skips loguru's record building.
-_access_sink: Callable[[RequestInfo, str, int], None] | None = None
 
 
 def log_request(info: RequestInfo) -> None:
     """The access line: one per request, with everything needed to find it again."""
     level = "ERROR" if info.status >= 500 else "INFO"
-    if _access_sink is not None:
-        _access_sink(info, level, logging.ERROR if info.status >= 500 else logging.INFO)
+    if _json_access is not None:
+        formatter, writer, threshold = _json_access
+        if (logging.ERROR if info.status >= 500 else logging.INFO) >= threshold:
+            # Frame 1 is log_request's caller, the frame loguru's opt(depth=1) names.
+            writer.write(formatter.access_line(info, level, sys._getframe(1)))
         return
-    _access.opt(depth=1).bind(
+    logger.opt(depth=1).bind(
+        logger="access",
 {%- if cookiecutter.use_tracing %}
         trace_id=info.trace_id,  # the span has ended: it is no longer current
 {%- endif %}

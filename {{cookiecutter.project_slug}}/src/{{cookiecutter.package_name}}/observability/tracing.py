@@ -1,18 +1,13 @@
 """Traces: OpenTelemetry, set up the standard way, exporting over OTLP/HTTP.
 
-`configure_tracing` runs what `opentelemetry-instrument` runs, with the
-defaults of distro.py: the SDK reads the `OTEL_*` variables, and every
-instrumentation package installed instruments its library (httpx here; a
-database driver or a cache client as the service grows).
+`configure_tracing` runs what `opentelemetry-instrument` runs, with the defaults of distro.py:
+the SDK reads the `OTEL_*` variables, and every instrumentation package installed instruments
+its library (httpx here; a database driver or a cache client as the service grows).
 
-`ServerSpans`, called by the request middleware (context.py), records one
-server span per request as the HTTP semantic conventions say, at about half
-the cost of FastAPI's native tracing, which takes over only for its
-per-operation spans (`APP_TRACE_OPERATION_SPANS`). A request that is not
-sampled costs ids and a context, not a span.
-
-Spans leave through the SDK's bounded queue: requests never wait for the
-collector, and a full queue drops spans with the SDK's own warning.
+`ServerSpans`, called by the request middleware (context.py), records one server span per
+request at about half the cost of FastAPI's native tracing, which takes over only for its
+per-operation spans (`APP_TRACE_OPERATION_SPANS`). An unsampled request costs ids, not a span.
+Spans leave through the SDK's bounded queue, which drops them with its own warning when full.
 """
 
 import logging
@@ -29,7 +24,7 @@ from fastapi.telemetry import TelemetryConfig
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.auto_instrumentation import initialize
+from opentelemetry.instrumentation import auto_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.util.http import PARAMS_TO_REDACT, redact_query_parameters
@@ -37,7 +32,7 @@ from starlette.types import Scope
 
 from ..settings import Settings, without_credentials
 from . import distro
-from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE, TraceIds
+from .context import EXCLUDED_PATHS, OTHER_METHOD, UNMATCHED_ROUTE
 
 # The SDK's loggers that repeat themselves: the exporter, once per retry of every
 # batch; cut attribute values, once per request whose client sent a giant header;
@@ -47,32 +42,25 @@ _REPEATING_LOGGERS = ("opentelemetry.attributes", "opentelemetry.baggage.propaga
 
 _logger = logging.getLogger(__name__)
 
+TraceIds = tuple[str, str, bool]  # (trace_id, span_id, sampled), the ids in W3C hex form
+
 
 def configure_tracing() -> None:
     """Set tracing up as `opentelemetry-instrument` does, unless that already happened."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     os.environ.setdefault("OTEL_PYTHON_DISTRO", distro.NAME)
-    initialize(swallow_exceptions=False)
+    auto_instrumentation.initialize(swallow_exceptions=False)
 
 
 def started_by_another_distro() -> str | None:
-    """What to set under `opentelemetry-instrument` without this distro chosen, else None.
-
-    Unset, the first distro installed wins, in an order nothing defines.
-    """
-    chosen = os.environ.get("OTEL_PYTHON_DISTRO")
-    if chosen == distro.NAME or not _under_opentelemetry_instrument():
-        return None
-    return f"OTEL_PYTHON_DISTRO={distro.NAME}"
-
-
-def _under_opentelemetry_instrument() -> bool:
-    from opentelemetry.instrumentation import auto_instrumentation  # noqa: PLC0415
-
+    """What to set under `opentelemetry-instrument` without this distro chosen, else None
+    (unset, the first distro installed wins, in an order nothing defines)."""
     # The command puts the folder of its sitecustomize module on the path.
     folder = os.path.dirname(os.path.abspath(auto_instrumentation.__file__))
-    return folder in (os.path.abspath(path) for path in sys.path if path)
+    launched = folder in (os.path.abspath(path) for path in sys.path if path)
+    chosen = os.environ.get("OTEL_PYTHON_DISTRO") == distro.NAME
+    return f"OTEL_PYTHON_DISTRO={distro.NAME}" if launched and not chosen else None
 
 
 class RateLimitFilter(logging.Filter):
@@ -101,9 +89,7 @@ class RateLimitFilter(logging.Filter):
 
 class ExportFailureFilter(RateLimitFilter):
     """The exporter's failures: none while nothing ever answered at the endpoint, then rate-limited.
-
-    It runs in the export thread: its probe (a TCP connect) never delays a request.
-    """
+    It runs in the export thread: its probe (a TCP connect) never delays a request."""
 
     def __init__(self, endpoint: str, *, reached: bool, probe_seconds: float = 5.0) -> None:
         super().__init__()
@@ -113,24 +99,14 @@ class ExportFailureFilter(RateLimitFilter):
         self._probed = time.monotonic()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.reached:
-            now = time.monotonic()
-            if now - self._probed < self.probe_seconds:
-                return False
-            self._probed = now
-            if not answers(self.endpoint):
-                return False
-            self.reached = True  # from now on a failure is a real one
-        return super().filter(record)
+        if not self.reached and time.monotonic() - self._probed >= self.probe_seconds:
+            self._probed = time.monotonic()
+            self.reached = answers(self.endpoint)  # from then on, a failure is a real one
+        return self.reached and super().filter(record)
 
 
-def span_endpoint() -> str:
-    """Where the OTLP/HTTP exporter sends spans, as it works it out from the environment."""
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if endpoint:
-        return endpoint
-    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
-    return f"{base.rstrip('/')}/v1/traces"
+_repeats = RateLimitFilter()  # of _REPEATING_LOGGERS; a logger adds a filter only once
+_export_failures: ExportFailureFilter | None = None  # one per process, however many apps it builds
 
 
 def answers(url: str, timeout: float = 0.5) -> bool:
@@ -145,12 +121,11 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 
 
 def watch_export() -> str:
-    """Rate-limit the SDK's repeating warnings, say once if nothing answers where spans go.
-
-    Returns what the start line says of tracing.
-    """
+    """Rate-limit the SDK's repeating warnings, say once if nothing answers where spans go;
+    returns what the start line says of tracing."""
+    global _export_failures  # noqa: PLW0603
     for name in _REPEATING_LOGGERS:
-        _add_once(logging.getLogger(name), RateLimitFilter())
+        logging.getLogger(name).addFilter(_repeats)
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     if argument := os.environ.get("OTEL_TRACES_SAMPLER_ARG"):
         sampler = f"{sampler} {argument}"
@@ -158,11 +133,16 @@ def watch_export() -> str:
         return "tracing off (OTEL_SDK_DISABLED)"
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return f"spans sampled {sampler}, sent nowhere"
-    endpoint = span_endpoint()
+    # Where the OTLP/HTTP exporter sends spans, as it works it out from the environment.
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if not endpoint:
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+        endpoint = f"{base.rstrip('/')}/v1/traces"
     shown = without_credentials(endpoint)
-    if _export_watch() is None:
+    if _export_failures is None:
         reached = answers(endpoint)
-        logging.getLogger(_EXPORT_LOGGER).addFilter(ExportFailureFilter(endpoint, reached=reached))
+        _export_failures = ExportFailureFilter(endpoint, reached=reached)
+        logging.getLogger(_EXPORT_LOGGER).addFilter(_export_failures)
         if not reached:
             _logger.warning(
                 "Spans go to %s, where nothing answers yet: they are dropped until something "
@@ -172,22 +152,9 @@ def watch_export() -> str:
     return f"spans sampled {sampler}, sent over OTLP to {shown}"
 
 
-def _export_watch() -> ExportFailureFilter | None:
-    filters = logging.getLogger(_EXPORT_LOGGER).filters
-    return next((known for known in filters if isinstance(known, ExportFailureFilter)), None)
-
-
-def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
-    if not any(type(known) is type(new) for known in logger.filters):
-        logger.addFilter(new)
-
-
-def current_trace_ids() -> TraceIds | None:
-    """(trace_id, span_id, sampled) of the active span, ids in W3C hex form, if there is one."""
-    return _ids(trace.get_current_span().get_span_context())
-
-
-def _ids(context: trace.SpanContext) -> TraceIds | None:
+def current_trace_ids(span: Span | None = None) -> TraceIds | None:
+    """(trace_id, span_id, sampled) of `span`, else of the active one, if there is one."""
+    context = (span or trace.get_current_span()).get_span_context()
     if not context.is_valid:
         return None
     trace_id, span_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -195,20 +162,17 @@ def _ids(context: trace.SpanContext) -> TraceIds | None:
 
 
 class ServerSpans:
-    """The request middleware's server span: one per request, as the HTTP semantic conventions say.
+    """The request middleware's server span: one per request, as the HTTP semantic conventions say
+    (with operation spans asked for, FastAPI's native tracing records it; this reads its ids)."""
 
-    With `tracer` None, FastAPI's native tracing records the span (operation
-    spans asked for) and this only reads the ids of the current one.
-    """
-
-    def __init__(self, tracer: trace.Tracer | None) -> None:
-        self.tracer = tracer
+    def __init__(self, settings: Settings) -> None:
+        self.tracer = None if settings.trace_operation_spans else trace.get_tracer(__name__)
         # Only these headers can carry a parent context (traceparent, tracestate, baggage...).
-        self._propagation_headers = frozenset(
-            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
-        )
+        fields = propagate.get_global_textmap().fields
+        self._propagation_headers = frozenset(name.lower().encode("latin-1") for name in fields)
 
     def start(self, scope: Scope, method: str, route: str) -> tuple[Span, Token[Context]] | None:
+        """Start the request's span and make it current; returns what `end` needs."""
         if self.tracer is None:
             return None
         carrier: dict[str, str] = {}
@@ -241,33 +205,33 @@ class ServerSpans:
         finished_ago: float = 0.0,
         keep_current: bool = False,
     ) -> TraceIds | None:
+        """End the span as of the response, `finished_ago` seconds ago, failed if `error_type` is
+        set (with `keep_current` it stays current for the rest of the task); return its ids."""
         if started is None:
-            span_context = trace.get_current_span().get_span_context()
-        else:
-            span, token = started
-            span_context = span.get_span_context()
-            if span.is_recording():
-                span.set_attribute("http.response.status_code", status)
-                if error_type is not None:
-                    span.set_attribute("error.type", error_type)
-                    span.set_status(StatusCode.ERROR)
-                # Ends with the response: what runs after it (background tasks) is off the clock.
-                ended = time.time_ns() - round(finished_ago * 1e9) if finished_ago > 1e-4 else None
-                span.end(ended)
-            if not keep_current:
-                otel_context.detach(token)
-        return _ids(span_context)
+            return current_trace_ids()
+        span, token = started
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            if error_type is not None:
+                span.set_attribute("error.type", error_type)
+                span.set_status(StatusCode.ERROR)
+            # Ends with the response: what runs after it (background tasks) is off the clock.
+            span.end(time.time_ns() - round(finished_ago * 1e9) if finished_ago > 1e-4 else None)
+        if not keep_current:
+            otel_context.detach(token)
+        return current_trace_ids(span)
 
 
 def _request_attributes(scope: Scope, method: str) -> dict[str, Any]:
     """The server span's attributes known when the request starts, besides the sampler's."""
-    scheme = scope.get("scheme", "http")
     attributes: dict[str, Any] = {"network.protocol.version": scope.get("http_version", "1.1")}
     if method == OTHER_METHOD:
         attributes["http.request.method_original"] = scope["method"]
-    query = scope.get("query_string")
-    if query:
-        attributes["url.query"] = _redacted_query(query.decode("latin-1"))
+    if query := scope.get("query_string"):
+        query = query.decode("latin-1")
+        if any(name in query for name in PARAMS_TO_REDACT):  # a signed URL's credentials: replaced
+            query = redact_query_parameters(f"?{query}").removeprefix("?")
+        attributes["url.query"] = query
     host = user_agent = None
     for header, value in scope["headers"]:
         if header == b"host":
@@ -275,23 +239,19 @@ def _request_attributes(scope: Scope, method: str) -> dict[str, Any]:
         elif header == b"user-agent":
             user_agent = value
     if host:  # the server the client asked for, as the conventions prefer
-        address, port = _split_host(host.decode("latin-1"), scheme)
+        address, port = _split_host(host.decode("latin-1"), scope.get("scheme", "http"))
     else:  # HTTP/1.0 without Host: the socket the request came in on
         address, port = scope.get("server") or ("", None)
     if address:
         attributes["server.address"] = address
         if port is not None:
             attributes["server.port"] = port
-    client = scope.get("client")
-    if client:
+    if client := scope.get("client"):
         # Behind a trusted proxy (FORWARDED_ALLOW_IPS), uvicorn puts the original client here.
         attributes["client.address"] = client[0]
     if user_agent:
         attributes["user_agent.original"] = user_agent.decode("latin-1")
     return attributes
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
@@ -302,30 +262,14 @@ def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
     else:
         address, _, port = host.partition(":")
     if not port:
-        return address, _DEFAULT_PORTS.get(scheme)
+        return address, 443 if scheme == "https" else 80
     if port.isascii() and port.isdigit() and int(port) <= 65535:
         return address, int(port)
     return address, None  # malformed: no port rather than a wrong one
 
 
-def _redacted_query(query: str) -> str:
-    """The query, with the values of the parameters that carry credentials (signed URLs) replaced."""
-    if not any(name in query for name in PARAMS_TO_REDACT):
-        return query  # the usual case: no parsing
-    return redact_query_parameters(f"?{query}").removeprefix("?")
-
-
-def server_spans(settings: Settings) -> ServerSpans:
-    """The request middleware's span recorder; with operation spans, FastAPI records the span."""
-    return ServerSpans(None if settings.trace_operation_spans else trace.get_tracer(__name__))
-
-
 def telemetry_config(settings: Settings) -> TelemetryConfig:
-    """FastAPI's native tracing, only when its per-operation spans are asked for.
-
-    Otherwise the request middleware records the one server span per request,
-    at about half the cost.
-    """
+    """FastAPI's native tracing, only when its per-operation spans are asked for."""
     return {
         "tracer_provider": trace.get_tracer_provider(),
         "tracing": settings.trace_operation_spans,
@@ -342,7 +286,7 @@ def flush_spans(budget_seconds: float) -> None:
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         return
-    watch = _export_watch()
+    watch = _export_failures
     if watch is not None and not watch.reached and not answers(watch.endpoint):
         budget_seconds = 0  # nothing ever answered there: no flush to wait for, said at the start
     flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
