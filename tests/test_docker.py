@@ -364,10 +364,11 @@ json.dump(found, sys.stdout)
     assert int(pyc) > 0
 
     # The .env of the bake holds real secrets; none of its values is in the image metadata.
+    # (Its other values, a sampler's name say, may well be the image's own defaults.)
     secrets = [
-        line.partition("=")[2]
-        for line in (image.project / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#") and len(line.partition("=")[2]) >= 16
+        value
+        for name, _, value in (line.partition("=") for line in (image.project / ".env").read_text().splitlines())
+        if not name.startswith("#") and re.search(r"PASSWORD|TOKEN|SECRET|KEY", name) and len(value) >= 16
     ]
     built = docker_client().images.get(image.tag)
     history = "\n".join(str(layer.get("CreatedBy", "")) for layer in built.history())
