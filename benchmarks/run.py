@@ -271,7 +271,16 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def server_for(variant: Variant, python: str, cwd: Path, logs: Path, otlp_port: int | None) -> Iterator[Server]:
+def server_for(
+    variant: Variant,
+    python: str,
+    cwd: Path,
+    logs: Path,
+    otlp_port: int | None,
+    launcher: tuple[str, ...] = ("taskset", "-c", SERVER_CORE),
+    timeout: float = 60.0,
+) -> Iterator[Server]:
+    """The variant's server, started through `launcher` (instructions.py: valgrind), ready within `timeout`."""
     port = free_port()
     env = clean_env(
         APP_HOST="127.0.0.1",
@@ -311,13 +320,13 @@ def server_for(variant: Variant, python: str, cwd: Path, logs: Path, otlp_port: 
     stderr_path = logs / f"{variant.name}.stderr"
     # stdout (the JSON log lines) goes to a regular file, as a container runtime's log driver does.
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *cmd], cwd=cwd, env=env, stdout=out, stderr=err)
+        process = subprocess.Popen([*launcher, *cmd], cwd=cwd, env=env, stdout=out, stderr=err)
     server = Server(process, port, stdout_path, stderr_path)
     try:
-        wait_ready(server)
+        wait_ready(server, timeout)
         yield server
     finally:
-        stop(process, timeout=20)
+        stop(process, timeout=max(20.0, timeout))
 
 
 def peak_rss_mb(pid: int) -> dict[str, float]:

@@ -187,3 +187,29 @@ def test_fault_mode_loads_a_request_that_calls_a_downstream_service(tmp_path: Pa
         recovery = run.get("recovery", {}).get("load_s", 0)
         assert run["downstream"]["answered"] == round(100 * (1.0 + 1.5 + recovery)), name
     assert report["summary"]["refused"]["p99_x_baseline"] is not None
+
+
+def test_instruction_counts_repeat_and_each_signal_adds_work(tmp_path: Path) -> None:
+    """`benchmarks/instructions.py`: callgrind's count per request is the same in two rounds (that is
+    what makes it an A/B the host's noise cannot move) and grows with the signals baked in."""
+    require_harness_tools("uv", "valgrind", "taskset")
+    output, stdout = run_harness(
+        "instructions.py",
+        tmp_path,
+        "--variants", "metrics+logs,all-0",
+        "--requests", "200",
+        "--warmup", "50",
+        "--settle", "0.5",
+        "--repetitions", "2",
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    runs = [(run["variant"], run["round"]) for run in report["runs"]]
+    assert sorted(runs) == sorted((v, r) for v in ("bare", "metrics+logs", "all-0") for r in (0, 1))
+    summary = report["summary"]["candidate"]
+    for name, row in summary.items():
+        assert row["instructions_per_request"] > 100_000, name  # a request through uvicorn and FastAPI
+        assert row["spread"] < 0.02, f"{name}: two rounds differ by {row['spread']:.1%}"
+    counts = {name: row["instructions_per_request"] for name, row in summary.items()}
+    assert counts["bare"] < counts["metrics+logs"] < counts["all-0"], counts
+    assert summary["bare"]["x_bare"] == 1.0
+    assert re.search(r"^\| all-0 \| [\d,]+ \|", stdout, re.MULTILINE), stdout
