@@ -139,7 +139,9 @@ def main() -> None:
                     projects[label][v.bake_key] = (bench.make_venv(project, python), project)
         sink = (bench.free_port(), workdir / "otlp-sink.json")
         if any(v.otlp for v in variants):
-            stack.enter_context(faults.collector(projects["candidate"]["bare"][0], *sink))
+            # A venv with opentelemetry-proto: the receiver counts spans only where it can decode them.
+            decoder = next(p for key, (p, _) in projects["candidate"].items() if "use_tracing" in key)
+            stack.enter_context(faults.collector(decoder, *sink))
         runs: list[dict[str, Any]] = []
         for rep in range(args.repetitions):
             for v in variants:
