@@ -3,18 +3,19 @@
 run.py measures time, and on a shared VM its ratios move by 0.05-0.15 between runs (a
 neighbour's load, the host's clock): too much to see a change of 0.03. This counts the x86
 instructions the server runs per request, every thread of it (the request path, the log
-writer, the span export), with valgrind's callgrind: the same count, to about 0.3 %, on
+writer, the span export), with valgrind's callgrind: the same count, to about 0.5 %, on
 every run and every day. Instructions are not time (cache misses and the GIL pauses that a
 p99 meets are not in them), so this complements run.py; it answers "does this change add
 work, and how much does each signal add", and gives the floor of a design.
 
 Per variant (run.py's, plus `all-0`: all on, no request ever sampled): bake, start the
-server under `valgrind --tool=callgrind --instr-atstart=no` exactly as run.py starts it,
-send `--warmup` requests, switch counting on, send `--requests` keep-alive requests one at
-a time, wait `--settle` seconds (the sampled spans' export, done by the SDK's thread on its
-schedule), switch it off. `x bare` is bare's instructions per request over the variant's,
-the same shape as run.py's throughput ratio. Needs valgrind (Debian: apt-get install -y
-valgrind) and uv; about a minute per variant and template.
+server under `valgrind --tool=callgrind --instr-atstart=no` as run.py starts it, send
+`--warmup` requests, wait `--settle` seconds (the SDK exports what is queued every 5 s: the
+warm-up's spans leave before counting starts), switch counting on, send `--requests`
+keep-alive requests one at a time, wait `--settle` seconds again (their spans leave), switch
+it off. `x bare` is bare's instructions per request over the variant's, the same shape as
+run.py's throughput ratio. Needs valgrind (Debian: apt-get install -y valgrind) and uv; about
+40 s per variant and template with the defaults.
 
     uv run python benchmarks/instructions.py --template ../after --baseline-template ../before
 """
@@ -26,6 +27,7 @@ import contextlib
 import http.client
 import json
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,7 +58,10 @@ def get(connection: http.client.HTTPConnection, count: int) -> None:
 
 
 def callgrind(pid: int, switch: str) -> None:
-    bench.run(["callgrind_control", "--instr=" + switch, str(pid)], timeout=120)
+    """Switch counting on or off in the running server; callgrind_control exits 0 even when it failed."""
+    result = bench.run(["callgrind_control", "--instr=" + switch, str(pid)], timeout=120)
+    if "OK" not in result.stdout:
+        raise RuntimeError(f"callgrind_control --instr={switch} {pid}: {result.stdout.strip()}")
 
 
 def instructions(out: Path) -> int:
@@ -76,9 +81,14 @@ def measure(
         stale.unlink()
     valgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     otlp_port, sink_stats = sink
-    with bench.server_for(variant, python, cwd, logs, otlp_port, launcher=valgrind, timeout=600) as server:
+    server_for = bench.server_for(variant, python, cwd, logs, otlp_port, valgrind, timeout=600, stop_timeout=120)
+    with server_for as server:
+        warmup = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        get(warmup, args.warmup)
+        warmup.close()
+        time.sleep(args.settle)
+        # A new connection: the pause outlasts keep-alive. Its accept is counted, once.
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-        get(connection, args.warmup)
         callgrind(server.process.pid, "on")
         spans_before = bench.received_spans(sink_stats)
         started = time.monotonic()
@@ -90,12 +100,13 @@ def measure(
         connection.close()
     counted = instructions(out)
     if not counted:
-        raise RuntimeError(f"{variant.name}: callgrind counted nothing (see {logs})")
+        stderr = server.stderr_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{variant.name}: callgrind counted nothing; the server's stderr:\n{stderr}")
     return {
         "variant": variant.name,
         "instructions_per_request": round(counted / args.requests),
         "requests": args.requests,
-        # Sampling is random: at 10 % a run's share of sampled requests moves by a few points.
+        # Sampling is random: at 10 % the share of sampled requests moves by a few points a run.
         "spans_exported_per_request": round(spans / args.requests, 3),
         "seconds_under_valgrind": round(elapsed, 1),
     }
@@ -106,17 +117,25 @@ def main() -> None:
     parser.add_argument("--variants", help=f"comma-separated subset of: {','.join(v.name for v in VARIANTS)}")
     parser.add_argument("--requests", type=int, default=2000, help="requests counted per variant")
     parser.add_argument("--warmup", type=int, default=300, help="requests before counting starts")
-    parser.add_argument("--settle", type=float, default=6.0, help="seconds counted after the last request")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=6.0,
+        help="seconds waited after the warm-up and counted after the last request (the SDK exports every 5 s)",
+    )
     parser.add_argument("--repetitions", type=int, default=1)
     parser.add_argument("--template", type=Path, default=bench.TEMPLATE_DIR)
     parser.add_argument("--baseline-template", type=Path, help="A/B: also measure this template")
     parser.add_argument("--workdir", type=Path, help="keep bakes and venvs here (default: a temporary directory)")
     parser.add_argument("--output", type=Path, default=bench.RESULTS_DIR / "instructions.json")
     args = parser.parse_args()
-    wanted = args.variants.split(",") if args.variants else list(DEFAULT)
+    if args.requests < 1 or args.warmup < 0 or args.settle < 0:
+        sys.exit("--requests must be at least 1, --warmup and --settle at least 0")
+    wanted = [name for name in (args.variants or ",".join(DEFAULT)).split(",") if name]
     unknown = set(wanted) - {v.name for v in VARIANTS}
     if unknown:
-        sys.exit(f"unknown variants: {sorted(unknown)}")
+        # The peer stack is left out: its own app, not a bake of this template.
+        sys.exit(f"unknown variants: {sorted(unknown)}; known: {', '.join(v.name for v in VARIANTS)}")
     variants = [v for v in VARIANTS if v.name in wanted or v.name == "bare"]
     for tool in ("uv", "valgrind", "taskset"):  # valgrind's package has callgrind_control too
         bench.require(tool)
@@ -151,16 +170,33 @@ def main() -> None:
                     result = measure(v, py, cwd, workdir / label / "logs", sink, args)
                     runs.append({"template": label, "round": rep, **result})
     summary = summarize(runs, list(templates), [v.name for v in variants])
+    changes = compare(summary["candidate"], summary["baseline"]) if "baseline" in summary else {}
     report = {
         "runs": runs,
         "summary": summary,
+        "changes": changes,
         "templates": {label: str(path) for label, path in templates.items()},
         "commits": {label: bench.commit_of(path) for label, path in templates.items()},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(summary, list(templates)))
+    print(markdown(summary, list(templates), changes))
+    for name, change in changes.items():
+        verdict = "PASS" if change >= -bench.MAX_DROP else "MISS"
+        print(
+            f"- {verdict} {name}: change of x bare (instructions) against the baseline: {change:+.3f} "
+            f"(goal >= -{bench.MAX_DROP})"
+        )
     print(f"\nJSON: {args.output}")
+
+
+def compare(after: dict[str, Any], before: dict[str, Any]) -> dict[str, float]:
+    """Each variant's change of x bare, both templates against their own bare."""
+    return {
+        name: round(after[name]["x_bare"] - before[name]["x_bare"], 3)
+        for name in after
+        if name in before and name != "bare"
+    }
 
 
 def summarize(runs: list[dict[str, Any]], labels: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
@@ -173,7 +209,9 @@ def summarize(runs: list[dict[str, Any]], labels: list[str], names: list[str]) -
         }
         medians = {name: values[len(values) // 2] for name, values in counts.items() if values}
         spans = {
-            name: max(r["spans_exported_per_request"] for r in runs if r["template"] == label and r["variant"] == name)
+            name: statistics.median(
+                r["spans_exported_per_request"] for r in runs if r["template"] == label and r["variant"] == name
+            )
             for name in medians
         }
         summary[label] = {
@@ -191,14 +229,14 @@ def summarize(runs: list[dict[str, Any]], labels: list[str], names: list[str]) -
     return summary
 
 
-def markdown(summary: dict[str, dict[str, Any]], labels: list[str]) -> str:
+def markdown(summary: dict[str, dict[str, Any]], labels: list[str], changes: dict[str, float]) -> str:
     lines = []
     for label in labels:
         lines += [
             f"{label}:",
             "",
             "| Variant | instructions per request | spread of rounds | x bare | minus metrics+logs "
-            "| spans exported per request (max) |",
+            "| spans exported per request |",
             "|---|---|---|---|---|---|",
         ]
         for name, row in summary[label].items():
@@ -208,14 +246,12 @@ def markdown(summary: dict[str, dict[str, Any]], labels: list[str]) -> str:
                 f"{'-' if minus is None else f'{minus:+.3f}'} | {row['spans_exported_per_request']:.3f} |"
             )
         lines.append("")
-    if len(labels) == 2:
-        after, before = summary[labels[0]], summary[labels[1]]
+    if changes:
+        after, before = summary["candidate"], summary["baseline"]
         lines += ["A/B (x bare, each template against its own bare):", ""]
         lines += ["| Variant | before | after | change |", "|---|---|---|---|"]
-        for name in after:
-            if name in before:
-                change = after[name]["x_bare"] - before[name]["x_bare"]
-                lines.append(f"| {name} | {before[name]['x_bare']:.3f} | {after[name]['x_bare']:.3f} | {change:+.3f} |")
+        for name, change in changes.items():
+            lines.append(f"| {name} | {before[name]['x_bare']:.3f} | {after[name]['x_bare']:.3f} | {change:+.3f} |")
     return "\n".join(lines)
 
 

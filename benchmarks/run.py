@@ -279,8 +279,10 @@ def server_for(
     otlp_port: int | None,
     launcher: tuple[str, ...] = ("taskset", "-c", SERVER_CORE),
     timeout: float = 60.0,
+    stop_timeout: float = 20.0,
 ) -> Iterator[Server]:
-    """The variant's server, started through `launcher` (instructions.py: valgrind), ready within `timeout`."""
+    """The variant's server, started through `launcher` (instructions.py: valgrind), ready within
+    `timeout`, stopped by SIGTERM (SIGKILL after `stop_timeout`)."""
     port = free_port()
     env = clean_env(
         APP_HOST="127.0.0.1",
@@ -326,7 +328,7 @@ def server_for(
         wait_ready(server, timeout)
         yield server
     finally:
-        stop(process, timeout=max(20.0, timeout))
+        stop(process, timeout=stop_timeout)
 
 
 def peak_rss_mb(pid: int) -> dict[str, float]:

@@ -190,29 +190,33 @@ def test_fault_mode_loads_a_request_that_calls_a_downstream_service(tmp_path: Pa
 
 
 def test_instruction_counts_repeat_and_each_signal_adds_work(tmp_path: Path) -> None:
-    """`benchmarks/instructions.py`: callgrind's count per request is the same in two rounds (that is
-    what makes it an A/B the host's noise cannot move) and grows with the signals baked in."""
+    """`benchmarks/instructions.py`, the template against itself: callgrind's count per request is the
+    same for both (what makes it an A/B the host's noise cannot move) and grows with the signals."""
     require_harness_tools("uv", "valgrind", "taskset")
     output, stdout = run_harness(
         "instructions.py",
         tmp_path,
+        "--baseline-template", str(TEMPLATE_DIR),
         "--variants", "all-0,all-100-otlp",
         "--requests", "200",
         "--warmup", "50",
-        "--settle", "0.5",
-        "--repetitions", "2",
+        "--settle", "5.5",  # the SDK exports every 5 s: the warm-up's spans before, the counted ones within
     )  # fmt: skip
     report = json.loads(output.read_text())
-    runs = [(run["variant"], run["round"]) for run in report["runs"]]
-    assert sorted(runs) == sorted((v, r) for v in ("bare", "all-0", "all-100-otlp") for r in (0, 1))
-    summary = report["summary"]["candidate"]
-    for name, row in summary.items():
-        assert row["instructions_per_request"] > 100_000, name  # a request through uvicorn and FastAPI
-        assert row["spread"] < 0.02, f"{name}: two rounds differ by {row['spread']:.1%}"
-    counts = {name: row["instructions_per_request"] for name, row in summary.items()}
-    assert counts["bare"] < counts["all-0"] < counts["all-100-otlp"], counts
-    assert summary["bare"]["x_bare"] == 1.0
-    # Every span left for the receiver within the counted window, but for the last batch's few.
-    assert summary["all-100-otlp"]["spans_exported_per_request"] > 0.5, summary["all-100-otlp"]
-    assert summary["all-0"]["spans_exported_per_request"] == 0
+    runs = [(run["template"], run["variant"]) for run in report["runs"]]
+    assert sorted(runs) == sorted((t, v) for t in ("candidate", "baseline") for v in ("bare", "all-0", "all-100-otlp"))
+    for label, summary in report["summary"].items():
+        counts = {name: row["instructions_per_request"] for name, row in summary.items()}
+        assert counts["bare"] > 100_000, label  # a request through uvicorn and FastAPI
+        assert counts["bare"] < counts["all-0"] < counts["all-100-otlp"], counts
+        assert summary["bare"]["x_bare"] == 1.0
+        # The counted requests' spans, every one, and none of the warm-up's.
+        assert summary["all-100-otlp"]["spans_exported_per_request"] == 1.0, summary["all-100-otlp"]
+        assert summary["all-0"]["spans_exported_per_request"] == 0
+    for name, row in report["summary"]["candidate"].items():
+        twin = report["summary"]["baseline"][name]["instructions_per_request"]
+        assert abs(row["instructions_per_request"] / twin - 1) < 0.02, f"{name}: {row} against {twin}"
+    assert set(report["changes"]) == {"all-0", "all-100-otlp"}
+    assert all(abs(change) < 0.02 for change in report["changes"].values()), report["changes"]
     assert re.search(r"^\| all-0 \| [\d,]+ \|", stdout, re.MULTILINE), stdout
+    assert "- PASS all-100-otlp: change of x bare (instructions) against the baseline" in stdout
