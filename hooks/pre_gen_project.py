@@ -60,6 +60,7 @@ DEPENDENCIES = frozenset(
         "prometheus_client",
         "opentelemetry_distro",
         "opentelemetry_exporter_otlp_proto_http",
+        "opentelemetry_exporter_prometheus",
         "opentelemetry_instrumentation_httpx",
         "opentelemetry_sdk",
         "opentelemetry_util_http",

@@ -16,7 +16,7 @@ from opentelemetry import propagate
 from opentelemetry.distro import OpenTelemetryDistro
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-# The entry point's name in pyproject.toml, which OTEL_PYTHON_DISTRO names.
+# The entry points' name in pyproject.toml, which OTEL_PYTHON_DISTRO{% if cookiecutter.use_metrics %} and OTEL_METRICS_EXPORTER{% endif %} name.
 NAME = "{{ cookiecutter.package_name }}"
 
 DEFAULTS = {
@@ -53,6 +53,14 @@ class ServiceDistro(OpenTelemetryDistro):
             # opentelemetry.propagate read the variable when it was imported, before any
             # distro ran: the default is set here too, through its public setter.
             propagate.set_global_textmap(TraceContextTextMapPropagator())
+{%- if cookiecutter.use_metrics %}
+        # The SDK's metrics of its own span pipeline (spans started, dropped from a full queue,
+        # exported, failed) cost every request about 8 us, so they wait for the operator's
+        # OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true; /metrics then serves them through the
+        # reader this names (pyproject.toml), with the metrics of installed instrumentations.
+        if os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "").strip().lower() == "true":
+            os.environ.setdefault("OTEL_METRICS_EXPORTER", NAME)
+{%- endif %}
         for variable, value in DEFAULTS.items():
             os.environ.setdefault(variable, value)
         # The export thread encodes a batch while holding the GIL: batches of 64 spans instead of
