@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Server, StartServer, free_port
 from otlp_receiver import OtlpReceiver
 
-SDK_METRICS = {"OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "true"}
 LAUNCHERS = {
     "python -m": [],
     "opentelemetry-instrument": [str(Path(sys.executable).parent / "opentelemetry-instrument")],
@@ -63,10 +62,19 @@ def test_off_by_default(start_server: StartServer) -> None:
     assert not [name for name in names if name.startswith("otel_") or name == "target_info"]
 
 
+@pytest.fixture
+def switched_on(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The switch; and no OTEL_METRICS_EXPORTER=none left by the distro of an in-process app."""
+    monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
+    return {"OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "true"}
+
+
 @pytest.mark.parametrize("mode", LAUNCHERS)
-def test_every_span_is_counted_from_start_to_export(start_server: StartServer, mode: str) -> None:
+def test_every_span_is_counted_from_start_to_export(
+    start_server: StartServer, switched_on: dict[str, str], mode: str
+) -> None:
     with OtlpReceiver() as receiver:
-        server = start_server(env(receiver.endpoint, **SDK_METRICS), launcher=LAUNCHERS[mode])
+        server = start_server(env(receiver.endpoint, **switched_on), launcher=LAUNCHERS[mode])
         with httpx.Client(base_url=server.url) as client:
             for i in range(20):
                 assert client.get(f"/api/items/{i + 1}").status_code == 200
@@ -92,12 +100,14 @@ def test_every_span_is_counted_from_start_to_export(start_server: StartServer, m
     assert dict(info)["service_name"] == "{{ cookiecutter.project_slug }}"
 
 
-def test_spans_dropped_from_a_full_queue_are_counted(start_server: StartServer) -> None:
+def test_spans_dropped_from_a_full_queue_are_counted(
+    start_server: StartServer, switched_on: dict[str, str]
+) -> None:
     # A collector that refuses every export, and a queue of 8: most spans cannot wait.
     refusing = f"http://127.0.0.1:{free_port()}"
     small_queue = {"OTEL_BSP_MAX_QUEUE_SIZE": "8", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4"}
     server = start_server(
-        env(refusing, OTEL_EXPORTER_OTLP_TIMEOUT="1", **SDK_METRICS, **small_queue)
+        env(refusing, OTEL_EXPORTER_OTLP_TIMEOUT="1", **switched_on, **small_queue)
     )
     with httpx.Client(base_url=server.url) as client:
         for i in range(100):
