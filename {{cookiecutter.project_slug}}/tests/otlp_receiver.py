@@ -1,5 +1,7 @@
 """A real OTLP/HTTP trace receiver for tests: it decodes what the service sends."""
 
+import contextlib
+import socket
 import sys
 import threading
 import time
@@ -116,3 +118,30 @@ class OtlpReceiver:
 def receiver() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as running:
         yield running
+
+
+@contextlib.contextmanager
+def silent_collector() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers: every export waits its timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()

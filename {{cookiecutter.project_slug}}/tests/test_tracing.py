@@ -1,13 +1,10 @@
 """Traces: spans decoded off the wire from a real OTLP/HTTP receiver."""
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 from {{ cookiecutter.package_name }}.observability.tracing import RateLimitFilter, _split_host
 
 from conftest import EXTENDED_APP, Server, StartServer, free_port, header_recorder
-from otlp_receiver import OtlpReceiver, ReceivedSpan
+from otlp_receiver import OtlpReceiver, ReceivedSpan, silent_collector
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 CLIENT_KIND = 3
@@ -291,27 +288,8 @@ def test_queued_spans_are_flushed_on_shutdown(
 
 @pytest.fixture
 def black_hole() -> Iterator[str]:
-    """An endpoint that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                accepted.append(listener.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    listener.close()
+    with silent_collector() as endpoint:
+        yield endpoint
 
 
 @pytest.mark.parametrize("backend", ["refusing", "black-holed"])
