@@ -115,11 +115,6 @@ class OtlpReceiver:
             return list(self.spans)
 
 
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as running:
-        yield running
-
-
 @contextlib.contextmanager
 def silent_collector() -> Iterator[str]:
     """An endpoint that accepts connections and never answers: every export waits its timeout."""
